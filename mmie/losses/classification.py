@@ -1,0 +1,36 @@
+"""Cross-entropy for classification, seq2seq and language modelling, with padding masks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+def cross_entropy(logits: Array, targets: Array, *, mask: Array | None = None,
+                  label_smoothing: float | Array = 0.0) -> tuple[Array, Metrics]:
+  """Token- or example-level softmax cross-entropy, averaged over unmasked positions.
+
+  ``logits`` is ``[..., classes]``, ``targets`` integer ``[...]``, ``mask`` (1 = counts,
+  0 = padding) broadcastable to ``targets``. With label smoothing e (Szegedy et al. 2016) the
+  target is ``(1 - e) onehot + e / classes``. Metrics: the unsmoothed ``nll`` and top-1
+  ``accuracy`` over the same positions, and ``num_targets``.
+  """
+  if logits.shape[:-1] != targets.shape:
+    raise ValueError(f"cross_entropy: logits {tuple(logits.shape)} must be targets' shape "
+                     f"{tuple(targets.shape)} plus a classes axis.")
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise TypeError(f"cross_entropy: targets must be integer class ids, got {targets.dtype}.")
+  log_p = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+  nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+  per_target = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
+  weight = jnp.ones(targets.shape, log_p.dtype) if mask is None else jnp.broadcast_to(
+      mask, targets.shape).astype(log_p.dtype)
+  count = jnp.sum(weight)
+  denom = jnp.maximum(count, 1.0)
+  loss = jnp.sum(per_target * weight) / denom
+  correct = (jnp.argmax(logits, -1) == targets).astype(log_p.dtype)
+  return loss, {"loss": loss, "nll": jnp.sum(nll * weight) / denom,
+                "accuracy": jnp.sum(correct * weight) / denom, "num_targets": count}

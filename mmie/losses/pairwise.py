@@ -1,0 +1,219 @@
+"""The one similarity engine behind every contrastive head: row statistics of ``a @ c.T``.
+
+Every contrastive loss here is a mean over *anchor rows* of a function of that row's logits
+against all *candidates*. Which candidates are positives, which are excluded (an anchor's own
+view, unfilled queue slots) and which are negatives is decided from small id vectors, never
+from a materialised B x B mask. That makes three execution forms the same code:
+
+- dense: one block holding every row;
+- chunked: rows in blocks of ``block_size`` under `lax.scan` with a rematerialised body, so
+  at most ``block_size x num_candidates`` logits exist at once, in the forward and backward
+  pass, and every block still sees complete rows (exact log-sum-exp, exact top-k);
+- global: local anchor rows against candidates gathered over a mesh axis (see distributed.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+HARD_NEGATIVE_MODES = ("importance", "top_fraction", "semi_hard")
+
+
+class HardNegatives(NamedTuple):
+  """Static settings of negative re-weighting (written into the inputs by `hard_negatives`).
+
+  importance: Robinson et al. 2021, weights exp(beta * s) / mean(exp(beta * s)) over the
+    negatives, optionally debiased with class prior ``tau_plus``.
+  top_fraction: keep the hardest ``fraction`` of candidates per anchor (the prototype's mode).
+  semi_hard: keep negatives with s_pos - margin < cos < s_pos (FaceNet's semi-hard band,
+    margin in cosine units); rows with none fall back to all negatives.
+  """
+
+  mode: str = "importance"
+  beta: float = 1.0
+  tau_plus: float = 0.0
+  fraction: float = 0.1
+  margin: float = 0.2
+
+
+class Ids(NamedTuple):
+  """Per-row identity: equal ``instance`` is the same view (excluded), equal ``label`` is a positive."""
+
+  instance: Array
+  label: Array
+
+
+class RowStats(NamedTuple):
+  loss: Array           # [rows] per-anchor loss
+  correct: Array        # [rows] top-1 over allowed candidates is a positive
+  num_positives: Array  # [rows] positives among the allowed candidates
+
+
+def masked_lse(x: Array, mask: Array, axis: int = -1) -> Array:
+  """log-sum-exp over ``mask``; -inf (with zero gradient, never NaN) where the mask is empty."""
+  m = jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=True)
+  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+  total = jnp.sum(jnp.where(mask, jnp.exp(x - m), 0.0), axis=axis)
+  nonempty = total > 0
+  out = jnp.squeeze(m, axis) + jnp.log(jnp.where(nonempty, total, 1.0))
+  return jnp.where(nonempty, out, -jnp.inf)
+
+
+def _negative_log_mass(s: Array, neg: Array, pos_logit: Array, scale: Array,
+                       hard: HardNegatives | None) -> Array:
+  """log of the (re-weighted) negative term of the InfoNCE denominator, per row."""
+  if hard is None:
+    return masked_lse(s, neg)
+  if hard.mode == "importance":
+    n_neg = jnp.sum(neg, axis=-1).astype(s.dtype)
+    log_n = jnp.log(jnp.maximum(n_neg, 1.0))
+    reweighted = log_n + masked_lse((1.0 + hard.beta) * s, neg) - masked_lse(hard.beta * s, neg)
+    if hard.tau_plus == 0.0:
+      return reweighted
+    # Debiased estimator: (reweighted - tau+ * N * e^pos) / (1 - tau+), floored at N * e^{-scale}.
+    inner = 1.0 - hard.tau_plus * n_neg * jnp.exp(pos_logit - reweighted)
+    debiased = reweighted + jnp.log(jnp.maximum(inner, 1e-30)) - math.log1p(-hard.tau_plus)
+    return jnp.maximum(debiased, log_n - scale)
+  if hard.mode == "top_fraction":
+    k = max(1, math.ceil(hard.fraction * s.shape[-1]))
+    kth = jax.lax.top_k(jnp.where(neg, s, -jnp.inf), k)[0][..., -1:]
+    return masked_lse(s, neg & (s >= jax.lax.stop_gradient(kth)))
+  # semi_hard: negatives inside the band (pos - margin, pos) in cosine units.
+  pos = pos_logit[..., None]
+  band = neg & (s < pos) & (s > pos - hard.margin * scale)
+  band = jnp.where(jnp.any(band, axis=-1, keepdims=True), band, neg)
+  return masked_lse(s, band)
+
+
+def _is_zero(x: float | Array) -> bool:
+  """True only for a static (python) zero, so a traced smoothing value is always honoured."""
+  return isinstance(x, (int, float)) and x == 0
+
+
+def _info_nce_block(a: Array, a_ids: Ids, weight: Array, c: Array, c_ids: Ids, c_valid: Array,
+                    scale: Array, *, decoupled: bool, label_smoothing: float | Array,
+                    hard: HardNegatives | None) -> RowStats:
+  """InfoNCE rows for one block of anchors against all candidates."""
+  s = scale * (a @ c.T)
+  allowed = c_valid[None, :] & (a_ids.instance[:, None] != c_ids.instance[None, :])
+  pos = allowed & (a_ids.label[:, None] == c_ids.label[None, :])
+  neg = allowed & ~pos
+  count = jnp.sum(pos, axis=-1)
+  pos_mean = jnp.sum(jnp.where(pos, s, 0.0), axis=-1) / jnp.maximum(count, 1).astype(s.dtype)
+  if hard is None and not decoupled:  # plain softmax: one log-sum-exp over the allowed set
+    log_denominator = masked_lse(s, allowed)
+  else:
+    neg_log = _negative_log_mass(s, neg, pos_mean, scale, hard)
+    log_denominator = neg_log if decoupled else jnp.logaddexp(masked_lse(s, pos), neg_log)
+  target = pos_mean
+  if not _is_zero(label_smoothing):
+    n_allowed = jnp.maximum(jnp.sum(allowed, axis=-1), 1).astype(s.dtype)
+    allowed_mean = jnp.sum(jnp.where(allowed, s, 0.0), axis=-1) / n_allowed
+    target = (1.0 - label_smoothing) * pos_mean + label_smoothing * allowed_mean
+  s_stop = jax.lax.stop_gradient(s)
+  best_pos = jnp.max(jnp.where(pos, s_stop, -jnp.inf), axis=-1)
+  best_neg = jnp.max(jnp.where(neg, s_stop, -jnp.inf), axis=-1)
+  return RowStats(log_denominator - weight * target, best_pos > best_neg, count)
+
+
+def info_nce_rows(anchors: Array, anchor_ids: Ids, candidates: Array, candidate_ids: Ids, *,
+                  scale: Array, candidate_valid: Array | None = None,
+                  positive_weight: Array | None = None, decoupled: bool = False,
+                  label_smoothing: float | Array = 0.0, hard: HardNegatives | None = None,
+                  block_size: int | None = None) -> RowStats:
+  """Per-anchor InfoNCE: ``log sum_{allowed} w e^s - w_pos * mean_{positives} s``.
+
+  ``decoupled`` drops positives from the denominator (DCL). ``positive_weight`` ([rows])
+  scales the positive term (DCLW). ``label_smoothing`` mixes the uniform target over allowed
+  candidates into the positive target (CLIP's smoothed cross-entropy).
+  """
+  if not _is_zero(label_smoothing) and (decoupled or hard is not None):
+    raise ValueError("label_smoothing is defined for the plain softmax cross-entropy only; "
+                     "it cannot be combined with decoupled or hard-negative denominators.")
+  if candidate_valid is None:
+    candidate_valid = jnp.ones(candidates.shape[0], bool)
+  if positive_weight is None:
+    positive_weight = jnp.ones(anchors.shape[0], anchors.dtype)
+
+  def block(rows):
+    a, inst, lab, w = rows
+    return _info_nce_block(a, Ids(inst, lab), w, candidates, candidate_ids, candidate_valid,
+                           scale, decoupled=decoupled, label_smoothing=label_smoothing, hard=hard)
+
+  return map_row_blocks(block, (anchors, anchor_ids.instance, anchor_ids.label, positive_weight),
+                        block_size)
+
+
+class SigmoidStats(NamedTuple):
+  loss: Array          # [rows] sum over candidates of -log sigmoid(z * logit)
+  correct: Array       # [rows] row top-1 is the positive
+  column_pos: Array    # [cands] max positive logit seen in the column
+  column_neg: Array    # [cands] max negative logit seen in the column
+
+
+def sigmoid_rows(anchors: Array, anchor_label: Array, candidates: Array, candidate_label: Array,
+                 *, scale: Array, bias: Array, block_size: int | None = None) -> SigmoidStats:
+  """SigLIP rows: ``-sum_j log sigmoid(z_ij (scale * a_i.c_j + bias))``, z = +1 on positives.
+
+  Also returns the column maxima of positive and negative logits so the caller gets the
+  text->image top-1 without a second pass over the candidates.
+  """
+
+  def block(rows):
+    a, lab, real = rows  # `real` is False on the padding rows of the last block
+    logits = scale * (a @ c_t) + bias
+    pos = lab[:, None] == candidate_label[None, :]
+    loss = -jnp.sum(jax.nn.log_sigmoid(jnp.where(pos, logits, -logits)), axis=-1)
+    correct = (jnp.max(jnp.where(pos, logits, -jnp.inf), -1)
+               > jnp.max(jnp.where(pos, -jnp.inf, logits), -1))
+    stop = jnp.where(real[:, None], jax.lax.stop_gradient(logits), -jnp.inf)
+    return (loss, correct), (jnp.max(jnp.where(pos, stop, -jnp.inf), 0),
+                             jnp.max(jnp.where(pos, -jnp.inf, stop), 0))
+
+  c_t = candidates.T
+  (loss, correct), (col_pos, col_neg) = map_row_blocks(
+      block, (anchors, anchor_label, jnp.ones(anchors.shape[0], bool)), block_size,
+      reduce_max=True)
+  return SigmoidStats(loss, correct, col_pos, col_neg)
+
+
+def map_row_blocks(block: Callable, rows: tuple[Array, ...], block_size: int | None, *,
+                   reduce_max: bool = False):
+  """Applies ``block`` to all rows at once, or to blocks of rows under a rematerialised scan.
+
+  ``block`` returns per-row outputs, or, with ``reduce_max``, ``(per_row, per_column)`` where
+  the per-column outputs are combined across blocks by maximum. Rows are padded to a multiple
+  of ``block_size``; padded rows are sliced off, so they add neither value nor gradient.
+  """
+  n = rows[0].shape[0]
+  if block_size is None or block_size >= n:
+    return block(rows)
+  if block_size < 1:
+    raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+  nb = -(-n // block_size)
+  pad = nb * block_size - n
+  blocked = tuple(jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1)).reshape(
+      (nb, block_size) + r.shape[1:]) for r in rows)
+  body_fn = jax.checkpoint(block)
+
+  if not reduce_max:
+    _, out = jax.lax.scan(lambda carry, x: (carry, body_fn(x)), None, blocked)
+    return jax.tree.map(lambda o: o.reshape((nb * block_size,) + o.shape[2:])[:n], out)
+
+  def body(carry, x):
+    per_row, per_col = body_fn(x)
+    return jax.tree.map(jnp.maximum, carry, per_col), per_row
+
+  # The first block seeds the running maxima (a constant -inf seed would not carry the
+  # device-varying type the scan needs inside shard_map).
+  first, cols = body_fn(tuple(b[0] for b in blocked))
+  cols, rest = jax.lax.scan(body, cols, tuple(b[1:] for b in blocked))
+  out = jax.tree.map(lambda f, r: jnp.concatenate([f[None], r]), first, rest)
+  return jax.tree.map(lambda o: o.reshape((nb * block_size,) + o.shape[2:])[:n], out), cols

@@ -1,0 +1,213 @@
+"""Builds models from ``config.model``: the only place config strings become modules.
+
+Small explicit registries map names to constructors; every key is checked against the
+constructor's schema so a typo fails with the key, its value and what is allowed.
+"""
+
+import math
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmie.models import layers
+from mmie.models import text as text_lib
+from mmie.models import two_towers
+from mmie.models import vit as vit_lib
+
+REQUIRED = object()
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
+_OPT_INT, _OPT_FLOAT, _OPT_BOOL, _OPT_STR = (int, type(None)), (int, float, type(None)), \
+    (bool, type(None)), (str, type(None))
+
+# key -> (allowed types, default). Keys absent from a config take the default.
+MODEL_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": (_STR, REQUIRED), "embed_dim": (_INT, REQUIRED),
+    "logit_scale_init": (_FLOAT, math.log(1 / 0.07)), "logit_scale_max": (_FLOAT, 100.0),
+    "logit_bias_init": (_OPT_FLOAT, None), "dtype": (_STR, "float32"),
+    "param_dtype": (_STR, "float32"), "remat": (_BOOL, False), "scan_layers": (_BOOL, False),
+    "image": ((Mapping, ml_collections.ConfigDict), REQUIRED),
+    "text": ((Mapping, ml_collections.ConfigDict), REQUIRED),
+}
+_TOWER_COMMON = {
+    "name": (_STR, REQUIRED), "activation": (_STR, "gelu"), "layer_norm_eps": (_FLOAT, 1e-5),
+    "num_kv_heads": (_OPT_INT, None), "dropout_rate": (_FLOAT, 0.0),
+    "remat": (_OPT_BOOL, None), "scan_layers": (_OPT_BOOL, None),  # None: model-level value.
+}
+VIT_KEYS = {
+    **_TOWER_COMMON, "image_size": (_INT, REQUIRED), "num_channels": (_INT, 3),
+    "variant": (_OPT_STR, None), "patch_size": (_OPT_INT, None), "width": (_OPT_INT, None),
+    "depth": (_OPT_INT, None), "num_heads": (_OPT_INT, None), "mlp_dim": (_OPT_INT, None),
+    "pool": (_STR, "cls"), "class_token": (_OPT_BOOL, None), "ln_pre": (_BOOL, True),
+    "patch_bias": (_BOOL, False), "positions": (_STR, "learned"),
+}
+TEXT_KEYS = {
+    **_TOWER_COMMON, "vocab_size": (_INT, REQUIRED), "context_length": (_INT, REQUIRED),
+    "width": (_INT, REQUIRED), "depth": (_INT, REQUIRED), "num_heads": (_INT, REQUIRED),
+    "mlp_dim": (_INT, REQUIRED), "causal": (_BOOL, True), "pool": (_STR, "eos"),
+    "eos_id": (_OPT_INT, None), "pad_id": (_OPT_INT, 0), "type_vocab_size": (_INT, 0),
+    "embed_norm": (_BOOL, False), "final_norm": (_BOOL, True), "norm": (_STR, "pre"),
+    "positions": (_STR, "learned"), "rope_base": (_FLOAT, 10_000.0),
+}
+_VARIANT_KEYS = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+  if isinstance(section, ml_collections.ConfigDict):
+    return section.to_dict()
+  return dict(section)
+
+
+def resolve_keys(section: Any, schema: Mapping[str, tuple[tuple[type, ...], Any]],
+                 where: str) -> dict[str, Any]:
+  """Checks ``section`` against ``schema`` (unknown, missing, mistyped keys) and fills defaults."""
+  values = _as_dict(section)
+  unknown = sorted(set(values) - set(schema))
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(schema)}.")
+  resolved = {}
+  for key, (types, default) in schema.items():
+    if key not in values:
+      if default is REQUIRED:
+        raise ValueError(f"{where}.{key} is required but missing.")
+      resolved[key] = default
+      continue
+    value = values[key]
+    bad_bool = isinstance(value, bool) and bool not in types
+    if bad_bool or not isinstance(value, tuple(types)):
+      names = [t.__name__ for t in types]
+      raise ValueError(f"{where}.{key}={value!r} has type {type(value).__name__}; "
+                       f"expected one of {names}.")
+    resolved[key] = value
+  return resolved
+
+
+def parse_dtype(name: str, where: str) -> Any:
+  """'bfloat16' -> jnp.bfloat16, failing with the allowed names."""
+  if name not in DTYPES:
+    raise ValueError(f"{where}={name!r} is not a known dtype; choose one of {tuple(DTYPES)}.")
+  return DTYPES[name]
+
+
+def _tower_common(c: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+  return dict(
+      activation=c["activation"], layer_norm_eps=float(c["layer_norm_eps"]),
+      num_kv_heads=c["num_kv_heads"], dropout_rate=float(c["dropout_rate"]),
+      remat=model["remat"] if c["remat"] is None else c["remat"],
+      scan_layers=model["scan_layers"] if c["scan_layers"] is None else c["scan_layers"],
+      dtype=parse_dtype(model["dtype"], "model.dtype"),
+      param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
+
+
+def _vit_sizes(c: dict[str, Any], where: str) -> dict[str, int]:
+  """Size keys from ``variant`` and/or explicit keys; a disagreement between them is an error."""
+  sizes = vit_lib.parse_variant(c["variant"]) if c["variant"] else {}
+  for key in _VARIANT_KEYS:
+    if c[key] is None:
+      if key not in sizes:
+        raise ValueError(f"{where}.{key} is required when {where}.variant is not set.")
+    elif key in sizes and sizes[key] != c[key]:
+      raise ValueError(f"{where}.variant={c['variant']!r} implies {key}={sizes[key]} but "
+                       f"{where}.{key}={c[key]}; set {key} to None or drop the variant.")
+    else:
+      sizes[key] = c[key]
+  return sizes
+
+
+def _build_vit(section: Any, model: dict[str, Any], where: str) -> nn.Module:
+  c = resolve_keys(section, VIT_KEYS, where)
+  if c["pool"] not in vit_lib.POOLS:
+    raise ValueError(f"{where}.pool={c['pool']!r} is not known; choose one of {vit_lib.POOLS}.")
+  return vit_lib.VisionTransformer(
+      image_size=c["image_size"], **_vit_sizes(c, where), pool=c["pool"],
+      class_token=c["class_token"], ln_pre=c["ln_pre"], patch_bias=c["patch_bias"],
+      positions=c["positions"], **_tower_common(c, model))
+
+
+def _build_text(section: Any, model: dict[str, Any], where: str) -> nn.Module:
+  c = resolve_keys(section, TEXT_KEYS, where)
+  if c["pool"] not in text_lib.POOLS:
+    raise ValueError(f"{where}.pool={c['pool']!r} is not known; choose one of {text_lib.POOLS}.")
+  if c["pool"] == "eos" and c["eos_id"] is None:
+    raise ValueError(f"{where}.pool='eos' needs {where}.eos_id (the end-of-text token id).")
+  keys = ("vocab_size", "context_length", "width", "depth", "num_heads", "mlp_dim", "causal",
+          "pool", "eos_id", "pad_id", "type_vocab_size", "embed_norm", "final_norm", "norm",
+          "positions")
+  return text_lib.TextTransformer(**{k: c[k] for k in keys}, rope_base=float(c["rope_base"]),
+                                  **_tower_common(c, model))
+
+
+IMAGE_TOWERS: dict[str, Callable[[Any, dict[str, Any], str], nn.Module]] = {"vit": _build_vit}
+TEXT_TOWERS: dict[str, Callable[[Any, dict[str, Any], str], nn.Module]] = {
+    "text_transformer": _build_text}
+
+
+def _lookup(registry: Mapping[str, Any], section: Any, where: str) -> Any:
+  name = _as_dict(section).get("name")
+  if name not in registry:
+    raise ValueError(f"{where}.name={name!r} is not known; choose one of {sorted(registry)}.")
+  return registry[name]
+
+
+def build_image_tower(model_config: Any) -> nn.Module:
+  """The image tower named by ``model.image.name`` (usable alone, e.g. for a classifier)."""
+  model = resolve_keys(model_config, MODEL_KEYS, "model")
+  return _lookup(IMAGE_TOWERS, model["image"], "model.image")(model["image"], model,
+                                                              "model.image")
+
+
+def build_text_tower(model_config: Any) -> nn.Module:
+  """The text tower named by ``model.text.name``."""
+  model = resolve_keys(model_config, MODEL_KEYS, "model")
+  return _lookup(TEXT_TOWERS, model["text"], "model.text")(model["text"], model, "model.text")
+
+
+def _build_two_tower(model_config: Any) -> nn.Module:
+  model = resolve_keys(model_config, MODEL_KEYS, "model")
+  return two_towers.TwoTower(
+      image=build_image_tower(model_config), text=build_text_tower(model_config),
+      embed_dim=model["embed_dim"], logit_scale_init=float(model["logit_scale_init"]),
+      logit_scale_max=float(model["logit_scale_max"]),
+      logit_bias_init=None if model["logit_bias_init"] is None
+      else float(model["logit_bias_init"]),
+      dtype=parse_dtype(model["dtype"], "model.dtype"),
+      param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
+
+
+MODELS: dict[str, Callable[[Any], nn.Module]] = {"two_tower": _build_two_tower}
+
+
+def build_model(model_config: Any) -> nn.Module:
+  """``config.model`` -> an unbound Flax module (see docs/models.md for every key)."""
+  return _lookup(MODELS, model_config, "model")(model_config)
+
+
+def example_inputs(model_config: Any, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Zero images [B, S, S, C] and tokens [B, context_length] with the configured shapes."""
+  model = resolve_keys(model_config, MODEL_KEYS, "model")
+  image, text = _as_dict(model["image"]), _as_dict(model["text"])
+  size, channels = image["image_size"], image.get("num_channels", 3)
+  return (jnp.zeros((batch_size, size, size, channels), jnp.float32),
+          jnp.zeros((batch_size, text["context_length"]), jnp.int32))
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a (boxed or plain) parameter tree."""
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(layers.unbox(params))))
+
+
+def build_tower(section: Any, *, dtype: str = "float32", param_dtype: str = "float32",
+                remat: bool = False, scan_layers: bool = False) -> nn.Module:
+  """One image or text tower from its config section alone (its ``name`` picks the kind)."""
+  model = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+  name = _as_dict(section).get("name")
+  if name in IMAGE_TOWERS:
+    return IMAGE_TOWERS[name](section, model, "tower")
+  if name in TEXT_TOWERS:
+    return TEXT_TOWERS[name](section, model, "tower")
+  raise ValueError(f"tower.name={name!r} is not known; choose one of "
+                   f"{sorted(IMAGE_TOWERS) + sorted(TEXT_TOWERS)}.")

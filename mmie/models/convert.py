@@ -1,0 +1,162 @@
+"""Exact weight import from Hugging Face CLIP / BERT / ViT checkpoints, and export to HF CLIP.
+
+Everything reads a local directory (no network). Each converter builds our module from the
+checkpoint's config.json, maps every tensor by an explicit table (failing on tensors it does
+not know, so unsupported variants cannot load silently wrong), and checks the result against
+the module's own parameter shapes.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from mmie.models import builder
+from mmie.models import hf_io
+from mmie.models import hf_mapping
+from mmie.models import layers
+from mmie.models.convert_towers import bert_from_hf
+from mmie.models.convert_towers import bert_params
+from mmie.models.convert_towers import bert_text_config
+from mmie.models.convert_towers import vit_from_hf
+from mmie.models.convert_towers import vit_image_config
+
+__all__ = ["bert_from_hf", "bert_params", "bert_text_config", "clip_config_from_hf",
+           "clip_from_hf", "clip_to_hf", "vit_from_hf", "vit_image_config"]
+
+Params = dict[str, Any]
+
+# ----------------------------------------------------------------------------- CLIP
+
+
+def clip_config_from_hf(hf: Any) -> ml_collections.ConfigDict:
+  """A ``transformers.CLIPConfig`` -> our ``config.model`` for the same architecture."""
+  t, v = hf.text_config, hf.vision_config
+  text = dict(name="text_transformer", vocab_size=t.vocab_size,
+              context_length=t.max_position_embeddings, width=t.hidden_size,
+              depth=t.num_hidden_layers, num_heads=t.num_attention_heads,
+              mlp_dim=t.intermediate_size, causal=True,
+              # HF keeps legacy argmax-of-ids pooling for checkpoints whose eos_token_id is 2.
+              pool="argmax" if t.eos_token_id == 2 else "eos", eos_id=t.eos_token_id,
+              pad_id=t.pad_token_id, activation=hf_mapping.activation_name(t),
+              layer_norm_eps=t.layer_norm_eps)
+  image = dict(name="vit", image_size=v.image_size, patch_size=v.patch_size,
+               width=v.hidden_size, depth=v.num_hidden_layers, num_heads=v.num_attention_heads,
+               mlp_dim=v.intermediate_size, pool="cls", num_channels=v.num_channels,
+               ln_pre=True, patch_bias=False, activation=hf_mapping.activation_name(v),
+               layer_norm_eps=v.layer_norm_eps)
+  return ml_collections.ConfigDict(dict(
+      name="two_tower", embed_dim=hf.projection_dim,
+      logit_scale_init=min(hf.logit_scale_init_value, math.log(100.0)), logit_scale_max=100.0,
+      logit_bias_init=None, dtype="float32", image=image, text=text))
+
+
+def clip_from_hf(path: str, *, scan_layers: bool = False) -> tuple[nn.Module, Params]:
+  """HF CLIP directory -> (TwoTower, params); encode_image / encode_text match HF's
+  get_image_features / get_text_features (images NHWC)."""
+  import transformers  # pylint: disable=g-import-not-at-top  (slow import; config only)
+
+  hf = transformers.CLIPConfig.from_dict(hf_io.read_config(path))
+  model_config = clip_config_from_hf(hf)
+  model_config.scan_layers = scan_layers
+  ckpt = hf_mapping.Checkpoint(hf_io.read_params(path), path)
+  t, v = hf.text_config, hf.vision_config
+  text = {"token_embed": {"embedding": ckpt["text_model/embeddings/token_embedding/embedding"]},
+          "pos_embed": {"embedding": ckpt["text_model/embeddings/position_embedding/embedding"]},
+          "encoder": hf_mapping.encoder_from_hf(
+              ckpt, "text_model/encoder/layers", hf_mapping.CLIP_BLOCK, t.num_hidden_layers,
+              t.num_attention_heads, scan_layers),
+          "ln_final": hf_mapping.norm(ckpt, "text_model/final_layer_norm")}
+  image = {"patch_embed": {"kernel": ckpt["vision_model/embeddings/patch_embedding/kernel"]},
+           "cls_token": ckpt["vision_model/embeddings/class_embedding"],
+           "pos_embed": ckpt["vision_model/embeddings/position_embedding/embedding"],
+           "ln_pre": hf_mapping.norm(ckpt, "vision_model/pre_layrnorm"),
+           "encoder": hf_mapping.encoder_from_hf(
+               ckpt, "vision_model/encoder/layers", hf_mapping.CLIP_BLOCK, v.num_hidden_layers,
+               v.num_attention_heads, scan_layers),
+           "ln_post": hf_mapping.norm(ckpt, "vision_model/post_layernorm")}
+  params = {"image": image, "text": text,
+            "image_projection": {"kernel": ckpt["visual_projection/kernel"]},
+            "text_projection": {"kernel": ckpt["text_projection/kernel"]},
+            "logit_scale": ckpt["logit_scale"]}
+  ckpt.check_all_used()
+  model = builder.build_model(model_config)
+  return model, hf_mapping.check_shapes(model, params, *builder.example_inputs(model_config))
+
+
+def _export_check(ok: bool, what: str) -> None:
+  if not ok:
+    raise ValueError(f"clip_to_hf: {what}; Hugging Face CLIP cannot represent this model.")
+
+
+def _hf_clip_config(model: dict[str, Any], image: dict[str, Any],
+                    text: dict[str, Any]) -> dict[str, Any]:
+  """Checks our config is expressible as HF CLIP and returns the CLIPConfig kwargs."""
+  _export_check(model["logit_bias_init"] is None, "a SigLIP logit bias is set")
+  _export_check(image["name"] == "vit" and image["pool"] == "cls" and image["ln_pre"]
+                and not image["patch_bias"] and image["positions"] == "learned"
+                and image["class_token"] in (None, True),
+                "the image tower must be a ViT with pool='cls', ln_pre, no patch bias, "
+                "learned positions")
+  _export_check(text["causal"] and text["norm"] == "pre" and text["final_norm"]
+                and not text["embed_norm"] and not text["type_vocab_size"]
+                and text["positions"] == "learned",
+                "the text tower must be causal, pre-LN with a final LayerNorm, learned "
+                "positions, no token types")
+  _export_check(text["pool"] in ("eos", "argmax"), f"text pool={text['pool']!r} (need 'eos' "
+                "or 'argmax')")
+  _export_check(text["pool"] == "argmax" or text["eos_id"] != 2,
+                "text pool='eos' with eos_id=2: HF treats eos_token_id == 2 as legacy "
+                "argmax-of-ids pooling (give end-of-text another id, ideally vocab_size - 1)")
+  for tower in (image, text):
+    _export_check(tower["num_kv_heads"] in (None, tower["num_heads"]),
+                  "grouped-query attention is used")
+    _export_check(tower["activation"] in hf_mapping.EXPORT_ACTIVATIONS,
+                  f"activation {tower['activation']!r}")
+  sizes = builder._vit_sizes(image, "model.image")  # pylint: disable=protected-access
+  common = lambda c, s: dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"],
+                             num_hidden_layers=s["depth"], num_attention_heads=s["num_heads"],
+                             hidden_act=hf_mapping.EXPORT_ACTIVATIONS[c["activation"]],
+                             layer_norm_eps=c["layer_norm_eps"])
+  return dict(
+      projection_dim=model["embed_dim"], logit_scale_init_value=model["logit_scale_init"],
+      vision_config=dict(common(image, sizes), image_size=image["image_size"],
+                         patch_size=sizes["patch_size"], num_channels=image["num_channels"]),
+      text_config=dict(common(text, text), vocab_size=text["vocab_size"],
+                       max_position_embeddings=text["context_length"],
+                       eos_token_id=2 if text["pool"] == "argmax" else text["eos_id"],
+                       pad_token_id=1 if text["pad_id"] is None else text["pad_id"]))
+
+
+def clip_to_hf(model_config: Any, params: Params, out_dir: str) -> None:
+  """Writes our two-tower ``params`` as an HF CLIP directory (config.json +
+  flax_model.msgpack) that ``transformers.FlaxCLIPModel.from_pretrained`` loads."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  model = builder.resolve_keys(model_config, builder.MODEL_KEYS, "model")
+  image = builder.resolve_keys(model["image"], builder.VIT_KEYS, "model.image")
+  text = builder.resolve_keys(model["text"], builder.TEXT_KEYS, "model.text")
+  hf_config = transformers.CLIPConfig(**_hf_clip_config(model, image, text))
+  p = jax.tree_util.tree_map(np.asarray, layers.unbox(params))
+  ti, tt = p["image"], p["text"]
+  flat = {"logit_scale": p["logit_scale"],
+          "visual_projection/kernel": p["image_projection"]["kernel"],
+          "text_projection/kernel": p["text_projection"]["kernel"],
+          "text_model/embeddings/token_embedding/embedding": tt["token_embed"]["embedding"],
+          "text_model/embeddings/position_embedding/embedding": tt["pos_embed"]["embedding"],
+          "vision_model/embeddings/patch_embedding/kernel": ti["patch_embed"]["kernel"],
+          "vision_model/embeddings/class_embedding": ti["cls_token"],
+          "vision_model/embeddings/position_embedding/embedding": ti["pos_embed"]}
+  for ours, theirs in (("ln_final", "text_model/final_layer_norm"),
+                       ("ln_pre", "vision_model/pre_layrnorm"),
+                       ("ln_post", "vision_model/post_layernorm")):
+    tower = tt if ours == "ln_final" else ti
+    flat.update({f"{theirs}/{leaf}": value for leaf, value in tower[ours].items()})
+  for tower, prefix in ((tt, "text_model"), (ti, "vision_model")):
+    for i, block in enumerate(hf_mapping.encoder_blocks(tower["encoder"])):
+      flat.update(hf_mapping.block_to_hf(block, f"{prefix}/encoder/layers/{i}",
+                                         hf_mapping.CLIP_BLOCK))
+  hf_io.write_flax_checkpoint(flat, hf_config.to_dict(), out_dir)

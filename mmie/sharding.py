@@ -1,0 +1,108 @@
+"""Device meshes, partition rules and global batches.
+
+The mesh has three named axes, ``('data', 'fsdp', 'model')``. The batch is split over
+``data`` and ``fsdp`` together; parameters are split by regex partition rules (FSDP over
+``fsdp``, tensor parallelism over ``model``) and replicated where no rule says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from mmie.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(mesh_config: Mapping[str, int] | None, n_devices: int) -> tuple[int, ...]:
+  """Resolves the config's axis sizes, where one ``-1`` means 'all remaining devices'."""
+  mesh_config = dict(mesh_config or {"data": -1})
+  unknown = sorted(set(mesh_config) - set(MESH_AXES))
+  if unknown:
+    raise ConfigError(f"Unknown mesh axis mesh.{unknown[0]}; axes are {MESH_AXES}.")
+  sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+  if sum(s == -1 for s in sizes) > 1:
+    raise ConfigError(f"At most one mesh axis may be -1; got {dict(zip(MESH_AXES, sizes))}.")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"Mesh axis sizes must be positive or -1; got {dict(zip(MESH_AXES, sizes))}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if n_devices % known:
+      raise ConfigError(f"{n_devices} devices do not divide into mesh {mesh_config}.")
+    sizes[sizes.index(-1)] = n_devices // known
+  if math.prod(sizes) != n_devices:
+    raise ConfigError(f"Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices;"
+                      f" {n_devices} are available. Use -1 for one axis to take the rest.")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``('data', 'fsdp', 'model')`` mesh over all (or the given) devices, Auto axis types."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_config, len(devices))
+  device_array = np.asarray(devices).reshape(shape)
+  return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Makes each host's slice of the batch into one global array split over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def path_name(path: Sequence[Any]) -> str:
+  """'image/blocks_0/attn/query/kernel' for a pytree key path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def spec_for(name: str, shape: tuple[int, ...], rules: Sequence[tuple[str, P]],
+             mesh: Mesh) -> P:
+  """The first rule whose regex matches ``name``; dimensions that don't divide stay whole."""
+  for pattern, spec in rules:
+    if re.search(pattern, name):
+      fixed = []
+      for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+        size = math.prod(mesh.shape[a] for a in axes) if axes else 1
+        fixed.append(axis if axes and dim % size == 0 else None)
+      return P(*fixed[:len(shape)])
+  return P()
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = ()) -> Any:
+  """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs) from ``rules``."""
+  def leaf_sharding(path, leaf):
+    shape = tuple(getattr(leaf, "shape", ()))
+    return NamedSharding(mesh, spec_for(path_name(path), shape, rules, mesh))
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)

@@ -1,0 +1,19 @@
+"""Tasks by name: the explicit registry the config's ``task`` key resolves through."""
+
+from mmie.config import ConfigError
+from mmie.tasks import contrastive
+from mmie.tasks.base import Task, check_batch
+
+TASKS: dict[str, Task] = {
+    contrastive.TASK.name: contrastive.TASK,
+}
+
+
+def get_task(name: str) -> Task:
+  """The task called ``name``; a clear error listing the known tasks otherwise."""
+  if name not in TASKS:
+    raise ConfigError(f"Config key task={name!r} is unknown; known tasks: {sorted(TASKS)}.")
+  return TASKS[name]
+
+
+__all__ = ["Task", "TASKS", "check_batch", "get_task"]

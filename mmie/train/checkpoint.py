@@ -1,0 +1,101 @@
+"""Orbax checkpoints of the TrainState, the data iterator position and run metadata.
+
+Each step is committed atomically by orbax (written to a temporary directory, then renamed),
+so a killed save leaves no half checkpoint behind. A checkpoint that is committed but fails to
+restore (a corrupt or truncated file) is reported and skipped in favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  data_state: dict
+  meta: dict
+
+
+class Checkpointer:
+  """A thin wrapper over ``ocp.CheckpointManager`` with fall-back restore."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2):
+    self.directory = directory
+    self._manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_names=("state", "data", "meta"),
+    )
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    """Saves asynchronously; call :meth:`wait` before relying on it being on disk."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any) -> Restored | None:
+    """Restores the newest checkpoint that loads; None when there is none at all.
+
+    ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings) saying the
+    structure, dtypes and placement to restore into.
+    """
+    steps = self.all_steps()
+    errors = []
+    for step in reversed(steps):
+      try:
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+      except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable.
+        msg = f"Checkpoint at step {step} in {self.directory} could not be restored: {e!r}"
+        log.error(msg + "; trying the previous one.")
+        errors.append(msg)
+        continue
+      if errors:
+        log.warning("Resumed from step %d after skipping %d unreadable checkpoint(s).", step,
+                    len(errors))
+      return Restored(step, restored["state"], dict(restored["data"] or {}),
+                      dict(restored["meta"] or {}))
+    if errors:
+      raise RuntimeError(
+          "No checkpoint in the workdir could be restored:\n  " + "\n  ".join(errors)
+          + "\nMove the workdir's checkpoints/ aside to start afresh."
+      )
+    return None
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (keeping shardings) for restoring into the layout of ``tree``."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree,
+  )

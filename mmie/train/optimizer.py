@@ -1,0 +1,63 @@
+"""Optax optimizers and learning-rate schedules built from ``config.optimizer``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from mmie.config import ConfigError
+
+
+def build_schedule(opt_config: Any, total_steps: int) -> optax.Schedule:
+  """Linear warmup then cosine (or linear, or constant) decay to ``end_learning_rate_ratio``."""
+  peak = float(opt_config.learning_rate)
+  warmup = int(opt_config.get("warmup_steps", 0))
+  end = peak * float(opt_config.get("end_learning_rate_ratio", 0.0))
+  kind = opt_config.get("schedule", "cosine")
+  decay_steps = max(total_steps - warmup, 1)
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+  elif kind == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif kind == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ConfigError(f"optimizer.schedule={kind!r}; expected 'cosine', 'linear' or 'constant'.")
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+  """Weight decay on matrices and kernels only; never on biases, norms or scalars."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def build_optimizer(opt_config: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                 optax.Schedule]:
+  """Returns ``(tx, schedule)``: gradient clipping, then the named optimizer."""
+  schedule = build_schedule(opt_config, total_steps)
+  name = opt_config.name
+  wd = float(opt_config.get("weight_decay", 0.0))
+  if name == "adamw":
+    core = optax.adamw(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.999),
+                       eps=opt_config.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
+  elif name == "lion":
+    core = optax.lion(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.99),
+                      weight_decay=wd, mask=decay_mask)
+  elif name == "sgd":
+    core = optax.chain(
+        optax.add_decayed_weights(wd, mask=decay_mask),
+        optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9)),
+    )
+  elif name == "adafactor":
+    core = optax.adafactor(schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask)
+  else:
+    raise ConfigError(
+        f"optimizer.name={name!r} is unknown; expected 'adamw', 'lion', 'sgd' or 'adafactor'."
+    )
+  clip = opt_config.get("grad_clip_norm", None)
+  tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+  return tx, schedule

@@ -1,0 +1,126 @@
+"""The grain pipeline: shapes, determinism from the seed, exact resume, disjoint host shards."""
+
+from __future__ import annotations
+
+import json
+import itertools
+
+import numpy as np
+import pytest
+
+from mmie.data import augment, pipeline
+
+
+def take(iterator, n: int) -> list[dict]:
+  return [next(iterator) for _ in range(n)]
+
+
+def fingerprints(batches: list[dict]) -> list[bytes]:
+  """One id per example: its image and text bytes (unaugmented, these identify a record)."""
+  return [b["image"][i].tobytes() + b["text"][i].tobytes()
+          for b in batches for i in range(len(b["text"]))]
+
+
+def assert_same(a: list[dict], b: list[dict]) -> None:
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["text"], y["text"])
+
+
+def test_batch_shapes_dtypes_and_token_layout(make_data_config):
+  batch = next(pipeline.build_train_iterator(make_data_config(), batch_size=8, seed=0))
+  assert set(batch) == {"image", "text"}
+  assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+  assert batch["text"].shape == (8, 16) and batch["text"].dtype == np.int32
+  assert (batch["text"][:, 0] == 1).all() and ((batch["text"] == 2).sum(axis=1) == 1).all()
+
+
+def test_same_seed_same_batches_other_seed_other_order(make_data_config):
+  config = make_data_config()
+  a = take(pipeline.build_train_iterator(config, batch_size=8, seed=3), 3)
+  b = take(pipeline.build_train_iterator(config, batch_size=8, seed=3), 3)
+  c = take(pipeline.build_train_iterator(config, batch_size=8, seed=4), 3)
+  assert_same(a, b)
+  assert fingerprints(a) != fingerprints(c)
+
+
+def test_each_epoch_is_a_new_permutation_of_the_whole_split(make_data_config):
+  config = make_data_config(train_split="validation")  # 189 records: quick epochs.
+  evaluation = pipeline.load_eval_split(config, "validation")
+  everything = sorted(e.tobytes() + t.tobytes() for e, t in zip(evaluation["image"], evaluation["text"]))
+  n = len(everything)
+  stream = fingerprints(take(pipeline.build_train_iterator(config, batch_size=1, seed=0), 2 * n))
+  first, second = stream[:n], stream[n:]
+  assert sorted(first) == everything and sorted(second) == everything
+  assert first != second
+
+
+def test_resume_from_state_continues_with_the_same_batches(make_data_config):
+  config = make_data_config(augment={"random_flip": True, "random_resized_crop": True})
+  straight = pipeline.build_train_iterator(config, batch_size=4, seed=1)
+  take(straight, 5)
+  state = json.loads(json.dumps(straight.get_state()))  # Must survive a JSON checkpoint.
+  expected = take(straight, 3)
+  resumed = pipeline.build_train_iterator(config, batch_size=4, seed=1)
+  resumed.set_state(state)
+  assert_same(take(resumed, 3), expected)
+
+
+def test_process_indices_read_disjoint_shards_covering_the_split(make_data_config):
+  config = make_data_config(train_split="validation")
+  evaluation = pipeline.load_eval_split(config, "validation")
+  everything = sorted(e.tobytes() + t.tobytes() for e, t in zip(evaluation["image"], evaluation["text"]))
+  n = len(everything)
+  shards = []
+  for index in range(2):
+    iterator = pipeline.build_train_iterator(config, batch_size=2, seed=0, process_index=index,
+                                             process_count=2)
+    shards.append(fingerprints(take(iterator, len(range(index, n, 2)))))
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(shards[0] + shards[1]) == everything
+
+
+def test_flip_augmentation_is_per_example_and_seeded(make_data_config):
+  plain = make_data_config(train_split="validation")
+  flipped = make_data_config(train_split="validation", augment={"random_flip": True})
+  a = take(pipeline.build_train_iterator(plain, batch_size=32, seed=0), 2)
+  b = take(pipeline.build_train_iterator(flipped, batch_size=32, seed=0), 2)
+  outcomes = []
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["text"], y["text"])  # Augmentation leaves order alone.
+    for i in range(32):
+      same = np.array_equal(x["image"][i], y["image"][i])
+      mirrored = np.array_equal(x["image"][i][:, ::-1], y["image"][i])
+      assert same or mirrored
+      outcomes.append(mirrored and not same)
+  assert 10 < sum(outcomes) < 54  # About half of 64, not all or none.
+
+
+def test_batch_size_must_divide_by_process_count(make_data_config):
+  with pytest.raises(ValueError, match="multiple of the process count 3"):
+    pipeline.build_train_iterator(make_data_config(), batch_size=8, seed=0, process_count=3)
+
+
+def test_eval_split_matches_the_raw_files(make_data_config, raw_emoji):
+  images, rows = raw_emoji
+  split = pipeline.load_eval_split(make_data_config())
+  validation = {r["caption"]: (images[i], r) for i, r in enumerate(rows) if r["split"] == "validation"}
+  assert sorted(split["captions"]) == sorted(validation)
+  assert split["image"].dtype == np.float32 and split["text"].dtype == np.int32
+  assert split["class_names"][0] == "smileys & emotion" and len(split["class_names"]) == 9
+  mean, std = np.array(augment.CLIP_MEAN), np.array(augment.CLIP_STD)
+  for caption, image, label in itertools.islice(zip(split["captions"], split["image"], split["label"]), 20):
+    raw, row = validation[caption]
+    np.testing.assert_allclose(image, (raw / 255.0 - mean) / std, atol=1e-5)
+    assert split["class_names"][label] == row["category"].lower()
+
+
+def test_encode_prompts_formats_each_class_with_each_template(make_data_config):
+  config = make_data_config()
+  prompts = pipeline.encode_prompts(config, ["flags", "objects"], ["{}", "an emoji of {}"])
+  assert prompts.shape == (2, 2, 16) and prompts.dtype == np.int32
+  tok = pipeline.tokenizer_for(config)
+  np.testing.assert_array_equal(prompts[1, 1], tok.encode(["an emoji of objects"], 16)[0])
+  with pytest.raises(ValueError, match="must contain"):
+    pipeline.encode_prompts(config, ["flags"], ["no placeholder"])
