@@ -59,6 +59,24 @@ TOP_LEVEL: dict[str, Field] = {
     "mesh": Field(_SECTION, required=False),
     "train": Field(_SECTION, required=False),
     "stages": Field(_SEQUENCE, required=False),
+    "param_rules": Field(_SEQUENCE + (type(None),), required=False,
+                         allowed="a list of (regex, 'frozen' | lr multiplier)"),
+    "mesh_rules": Field(_SEQUENCE + (type(None),), required=False,
+                        allowed="a list of (logical axis, mesh axis)"),
+}
+
+TRAIN: dict[str, Field] = {
+    "on_nonfinite": Field((str,), required=False, check=lambda x: x in ("skip", "stop"),
+                          allowed="'skip' (count and go on) or 'stop'"),
+    "early_stopping": Field(_SECTION + (type(None),), required=False),
+    "profile_steps": Field(_SEQUENCE + (type(None),), required=False,
+                           allowed="None or (start, end) global steps"),
+    "ema_decay": Field((float, type(None)), required=False,
+                       check=lambda x: x is None or 0 < x < 1, allowed="None or in (0, 1)"),
+    "grad_accum_steps": Field((int,), required=False, check=_positive, allowed=">= 1"),
+    "accumulation": Field((str,), required=False, check=lambda x: x in ("mean", "gradcache"),
+                          allowed="'mean' or 'gradcache'"),
+    "balance_modalities": Field(_SECTION + (type(None),), required=False),
 }
 
 OPTIMIZER: dict[str, Field] = {
@@ -123,6 +141,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDi
   check_section(config.optimizer, OPTIMIZER, "optimizer.")
   if "eval" in config:
     check_section(config.eval, EVAL, "eval.")
+  if "train" in config:
+    check_section(config.train, TRAIN, "train.")
+    accum = config.train.get("grad_accum_steps", 1)
+    if config.batch_size % accum:
+      raise ConfigError(f"Config key train.grad_accum_steps={accum} must divide"
+                        f" batch_size={config.batch_size}.")
+  for i, stage in enumerate(config.get("stages", None) or ()):
+    if "optimizer" in stage:
+      check_section(stage["optimizer"], OPTIMIZER, f"stages[{i}].optimizer.")
   for name in ("log_every", "eval_every", "checkpoint_every"):
     if config[name] > config.total_steps:
       raise ConfigError(

@@ -106,3 +106,71 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = ()) -
     shape = tuple(getattr(leaf, "shape", ()))
     return NamedSharding(mesh, spec_for(path_name(path), shape, rules, mesh))
   return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+# Logical parameter axes (named by mmie.models) -> mesh axes: FSDP over the model width,
+# tensor parallelism over heads, MLP hidden units and vocabulary. Unlisted names replicate.
+DEFAULT_AXIS_RULES: tuple[tuple[str, str], ...] = (
+    ("embed", "fsdp"), ("mlp", "model"), ("heads", "model"), ("kv_heads", "model"),
+    ("vocab", "model"),
+)
+
+
+def _fit(shape: tuple[int, ...], axes: Sequence[str | None], mesh: Mesh) -> P:
+  """A PartitionSpec for ``shape`` with every axis that does not divide its dim dropped."""
+  used: set[str] = set()
+  spec = []
+  for dim, axis in zip(shape, axes):
+    size = mesh.shape[axis] if axis else 1
+    if axis and axis not in used and size > 1 and dim % size == 0:
+      spec.append(axis)
+      used.add(axis)
+    else:
+      spec.append(None)
+  return P(*spec)
+
+
+def logical_param_shardings(boxed_params: Any, mesh: Mesh,
+                            rules: Sequence[tuple[str, str]] = DEFAULT_AXIS_RULES) -> Any:
+  """Shardings for a tree of ``nn.LogicallyPartitioned`` params (as ``model.init`` returns).
+
+  Returns a plain (unboxed) tree of NamedShardings. A dimension that does not divide by its
+  mesh axis stays whole rather than failing, so one rule set serves every model size.
+  """
+  import flax.linen as nn  # Local: sharding otherwise needs no Flax.
+
+  table = dict(rules)
+  unknown = sorted({m for m in table.values() if m is not None} - set(MESH_AXES))
+  if unknown:
+    raise ConfigError(f"mesh rules map to unknown mesh axes {unknown}; axes are {MESH_AXES}.")
+
+  def leaf_sharding(leaf):
+    if isinstance(leaf, nn.LogicallyPartitioned):
+      axes = [table.get(name) if name else None for name in leaf.names]
+      return NamedSharding(mesh, _fit(tuple(leaf.value.shape), axes, mesh))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(leaf_sharding, boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def shardings_following_params(tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
+  """Shardings for a tree holding per-parameter copies (optimizer moments, EMA params).
+
+  A leaf whose path ends with a parameter's path and has that parameter's shape gets the
+  parameter's sharding; everything else (counts, scalars) is replicated.
+  """
+  by_name = {path_name(p): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+  def leaf_sharding(path, leaf):
+    name = path_name(path)
+    shape = tuple(getattr(leaf, "shape", ()))
+    for param_name, s in by_name.items():
+      if name == param_name or name.endswith("/" + param_name):
+        spec = s.spec
+        if len(spec) <= len(shape):
+          return NamedSharding(mesh, _fit(shape, tuple(spec) + (None,) * (len(shape) - len(spec)),
+                                          mesh))
+    return NamedSharding(mesh, P())
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)

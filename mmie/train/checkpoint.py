@@ -57,16 +57,18 @@ class Checkpointer:
     """Restores the newest checkpoint that loads; None when there is none at all.
 
     ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` (with shardings) saying the
-    structure, dtypes and placement to restore into.
+    structure, dtypes and placement to restore into, or a function of the step returning one
+    (the state's structure depends on the training stage the step belongs to).
     """
     steps = self.all_steps()
     errors = []
     for step in reversed(steps):
       try:
+        target = abstract_state(step) if callable(abstract_state) else abstract_state
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
+                state=ocp.args.StandardRestore(target),
                 data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore(),
             ),
@@ -89,8 +91,12 @@ class Checkpointer:
     return None
 
   def close(self) -> None:
+    """Waits for pending saves and releases the manager; safe to call twice."""
+    if self._manager is None:
+      return
     self._manager.wait_until_finished()
     self._manager.close()
+    self._manager = None
 
 
 def abstract_like(tree: Any) -> Any:

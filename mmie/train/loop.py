@@ -1,8 +1,8 @@
-"""The training loop: one jitted step, periodic logging, evaluation and checkpoints.
+"""The training loop: stages of one jitted step, with logging, evaluation and checkpoints.
 
 Re-running on an existing workdir resumes from the newest readable checkpoint, with the data
-iterator at the same position, so the continued run matches an uninterrupted one. SIGTERM
-(preemption) and Ctrl-C save a checkpoint and exit cleanly.
+iterator at the same position, so the continued run matches an uninterrupted one bit for bit.
+SIGTERM (preemption) and Ctrl-C save a checkpoint and exit cleanly.
 """
 
 from __future__ import annotations
@@ -10,49 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from mmie import config as config_lib
-from mmie.train import setup
+from mmie.train import hooks, setup
+from mmie.train import stages as stages_lib
 from mmie.train.checkpoint import Checkpointer
 from mmie.train.metrics_writer import MetricsWriter, Progress
-from mmie.train.step import make_train_step
 
 log = logging.getLogger(__name__)
+NONFINITE_POLICIES = ("skip", "stop")
 
 
 class NonFiniteError(FloatingPointError):
   """Training produced a NaN or inf loss or gradient and the config says to stop."""
-
-
-class _StopSignal:
-  """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # Not the main thread: leave signals alone.
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 def _save_config(config: Any, workdir: str) -> None:
@@ -73,110 +48,202 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def _checkpoint(ckpt: Checkpointer, state: Any, data_iter: Any, step: int) -> None:
-  meta = {"step": step, "time": time.time()}
-  ckpt.save(step, state, data_iter.get_state(), meta)
+class _Session:
+  """The mutable parts of one invocation of the loop, kept together."""
+
+  def __init__(self, config: Any, workdir: str):
+    from mmie.data import pipeline  # Deferred so that building a run needs no data import.
+
+    self.config = config
+    self.workdir = workdir
+    self.run = setup.build_run(config)
+    train_config = config.get("train", {})
+    self.on_nonfinite = train_config.get("on_nonfinite", "skip")
+    if self.on_nonfinite not in NONFINITE_POLICIES:
+      raise config_lib.ConfigError(f"train.on_nonfinite={self.on_nonfinite!r}; expected one"
+                                   f" of {NONFINITE_POLICIES}.")
+    self.early_stopping = hooks.EarlyStopping.from_config(train_config.get("early_stopping"))
+    self.profiler = hooks.ProfilerWindow(train_config.get("profile_steps", None), workdir)
+    self.stage_runs: dict[int, setup.StageRun] = {}
+    self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                             max_to_keep=config.get("keep_checkpoints", 2))
+    self.data_iter = pipeline.build_train_iterator(
+        config.data, batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    self.evaluators = default_evaluators(config, self.run.model)
+    self.nonfinite_seen = 0
+
+  def stage_run(self, stage: stages_lib.Stage) -> setup.StageRun:
+    if stage.index not in self.stage_runs:
+      self.stage_runs[stage.index] = setup.build_stage(self.run, stage)
+    return self.stage_runs[stage.index]
+
+  def abstract_at(self, step: int) -> Any:
+    return setup.abstract_state(self.run, self.stage_run(stages_lib.stage_at(self.run.stages,
+                                                                             step)))
+
+  def checkpoint(self, state: Any, step: int) -> None:
+    if not _all_finite_host(state.params):
+      log.error("Not checkpointing step %d: its parameters are not finite.", step)
+      return
+    meta = {"step": step, "time": time.time(),
+            "stage": stages_lib.stage_at(self.run.stages, step).name,
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None}
+    self.ckpt.save(step, state, self.data_iter.get_state(), meta)
+
+
+def _all_finite_host(params: Any) -> bool:
+  return bool(jax.device_get(jax.tree.reduce(
+      lambda a, x: a & jax.numpy.all(jax.numpy.isfinite(x)), params, True)))
+
+
+def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable]]:
+  """The evaluators the config asks for, each with its own schedule (``every`` steps)."""
+  from mmie.evaluate import build_contrastive_evaluator
+  return [("contrastive", config.eval_every, build_contrastive_evaluator(config, model))]
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
-  from mmie.data import pipeline  # Deferred so that building a run needs no data import.
-  from mmie.evaluate import build_contrastive_evaluator
-
   os.makedirs(workdir, exist_ok=True)
   _save_config(config, workdir)
-  run = setup.build_run(config)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                      max_to_keep=config.get("keep_checkpoints", 2))
-  data_iter = pipeline.build_train_iterator(
-      config.data, batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  evaluate = build_contrastive_evaluator(config, run.model)
-
-  restored = ckpt.restore_latest(setup.abstract_with_shardings(run))
+  s = _Session(config, workdir)
+  restored = s.ckpt.restore_latest(s.abstract_at)
   if restored is None:
-    state = setup.init_state(run)
-    start = 0
+    stage = s.run.stages[0]
+    state = setup.init_state(s.run, s.stage_run(stage))
+    step = 0
   else:
-    state = restored.state
-    data_iter.set_state(restored.data_state)
-    start = restored.step
-    print(f"Resumed from the checkpoint at step {start} in {ckpt.directory}.", flush=True)
-  writer = MetricsWriter(workdir, resume_step=start if restored else None,
-                         enabled=jax.process_index() == 0)
-  train_config = config.get("train", {})
-  on_nonfinite = train_config.get("on_nonfinite", "skip")
-  step_fn = setup.jit_train_step(run, make_train_step(run.task, run.loss, run.schedule))
-  progress = Progress(config.total_steps, config.batch_size, start)
-
+    state, step = restored.state, restored.step
+    s.data_iter.set_state(restored.data_state)
+    if s.early_stopping:
+      s.early_stopping.load(restored.meta.get("early_stopping"))
+    print(f"Resumed from the checkpoint at step {step} in {s.ckpt.directory}.", flush=True)
+  writer = MetricsWriter(workdir, resume_step=step, enabled=jax.process_index() == 0)
   final: dict[str, float] = {}
-  step = start
-  nonfinite_seen = 0
-  with _StopSignal() as stop:
-    while step < config.total_steps:
-      batch = setup.to_global(run, next(data_iter))
-      state, metrics = step_fn(state, batch)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(state.step)
-        progress.restart_clock(step)
-      if step % config.log_every == 0 or step == config.total_steps:
-        host = _host_metrics(metrics)
-        _, host["examples_per_second"] = progress.rates(step)
-        writer.write(step, host)
-        progress.report(step, host["loss"])
-        if host["nonfinite_count"] > nonfinite_seen:
-          nonfinite_seen = int(host["nonfinite_count"])
-          msg = (f"Non-finite loss or gradient: {nonfinite_seen} update(s) skipped by step"
-                 f" {step}; last metrics {host}.")
-          if on_nonfinite == "stop":
-            _checkpoint(ckpt, state, data_iter, step)  # The state is finite: skips kept it so.
-            ckpt.close()
-            raise NonFiniteError(msg)
-          log.warning(msg)
-      if config.eval_every and step % config.eval_every == 0 or step == config.total_steps:
-        final = evaluate(state.params)
-        writer.write(step, final)
-        print("  ".join(f"{k}={v:.2f}" for k, v in final.items()), flush=True)
-      if (config.checkpoint_every and step % config.checkpoint_every == 0
-          or step == config.total_steps):
-        _checkpoint(ckpt, state, data_iter, step)
-      if stop.received is not None:
-        _checkpoint(ckpt, state, data_iter, step)
-        ckpt.close()
-        writer.close()
-        print(f"Stopped by signal {stop.received} at step {step}; checkpoint saved."
-              " Re-run the same command to resume.", flush=True)
-        raise SystemExit(128 + stop.received)
-  ckpt.close()
-  writer.close()
+  try:
+    with hooks.StopSignal() as stop:
+      for stage in s.run.stages:
+        if step >= stage.end or (s.early_stopping and s.early_stopping.stopped):
+          continue
+        state, step, final = _train_stage(s, stage, state, step, writer, stop, final)
+  finally:
+    s.profiler.close()
+    s.ckpt.close()
+    writer.close()
   if not final:  # Resumed a finished run: evaluate the restored params once more.
-    final = evaluate(state.params)
-  _print_summary(final, getattr(evaluate, "chance", {}))
+    final = _evaluate(s, state, step, writer=None)
+  _print_summary(final, s.evaluators)
   return final
+
+
+def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
+                 writer: MetricsWriter, stop: hooks.StopSignal, final: dict[str, float]):
+  config = s.config
+  stage_run = s.stage_run(stage)
+  if step == stage.start and stage.index > 0:
+    state = setup.enter_stage(s.run, state, stage_run)
+    print(f"Stage {stage.index + 1}/{len(s.run.stages)} '{stage.name}':"
+          f" steps {stage.start + 1}-{stage.end}.", flush=True)
+  step_fn = setup.jit_train_step(s.run, stage_run)
+  progress = Progress(config.total_steps, config.batch_size, step)
+  first = step
+  while step < stage.end:
+    batch = setup.to_global(s.run, next(s.data_iter))
+    s.profiler.before_step(step)
+    state, metrics = step_fn(state, batch)
+    step += 1
+    s.profiler.after_step(step, state.step)
+    if step == first + 1:
+      jax.block_until_ready(state.step)
+      progress.restart_clock(step)
+    if step % config.log_every == 0 or step == config.total_steps:
+      _log_train(s, step, metrics, writer, progress, state)
+    evaluated = False
+    for name, every, evaluate in s.evaluators:
+      if (every and step % every == 0) or step == config.total_steps:
+        final = {**final, **_evaluate(s, state, step, writer, only=evaluate)}
+        evaluated = True
+    stop_early = evaluated and s.early_stopping is not None and s.early_stopping.update(final)
+    if (config.checkpoint_every and step % config.checkpoint_every == 0
+        or step == config.total_steps or stop_early):
+      s.checkpoint(state, step)
+    if stop_early:
+      print(f"Early stopping at step {step}: {s.early_stopping.metric} has not improved for"
+            f" {s.early_stopping.patience} evaluations (best {s.early_stopping.best}).")
+      break
+    if stop.received is not None:
+      s.checkpoint(state, step)
+      s.ckpt.close()
+      print(f"Stopped by signal {stop.received} at step {step}; checkpoint saved."
+            " Re-run the same command to resume.", flush=True)
+      raise SystemExit(128 + stop.received)
+  return state, step, final
+
+
+def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
+               progress: Progress, state: Any) -> None:
+  host = _host_metrics(metrics)
+  _, host["examples_per_second"] = progress.rates(step)
+  writer.write(step, host)
+  progress.report(step, host["loss"])
+  if host["nonfinite_count"] > s.nonfinite_seen:
+    s.nonfinite_seen = int(host["nonfinite_count"])
+    msg = (f"Non-finite loss or gradient: {s.nonfinite_seen} update(s) skipped by step {step};"
+           f" last metrics {host}.")
+    if s.on_nonfinite == "stop":
+      s.checkpoint(state, step)  # Skipped updates kept the state finite.
+      s.ckpt.close()
+      raise NonFiniteError(msg + " Set train.on_nonfinite='skip' to train on regardless.")
+    log.warning(msg)
+
+
+def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
+              only: Callable | None = None) -> dict[str, float]:
+  metrics: dict[str, float] = {}
+  for _, _, evaluate in s.evaluators:
+    if only is None or evaluate is only:
+      metrics.update(evaluate(state.params))
+  if writer is not None:
+    writer.write(step, metrics)
+  print("  ".join(f"{k}={v:.2f}" for k, v in metrics.items()), flush=True)
+  return metrics
 
 
 def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, float]:
   """Evaluates the newest checkpoint in ``workdir`` without training."""
-  from mmie.evaluate import build_contrastive_evaluator
-
   run = setup.build_run(config)
+  stage_runs: dict[int, setup.StageRun] = {}
+
+  def abstract_at(step: int) -> Any:
+    stage = stages_lib.stage_at(run.stages, step)
+    if stage.index not in stage_runs:
+      stage_runs[stage.index] = setup.build_stage(run, stage)
+    return setup.abstract_state(run, stage_runs[stage.index])
+
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.get("keep_checkpoints", 2))
-  restored = ckpt.restore_latest(setup.abstract_with_shardings(run))
+  restored = ckpt.restore_latest(abstract_at)
+  ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {ckpt.directory}; train first.")
-  evaluate = build_contrastive_evaluator(config, run.model)
-  metrics = evaluate(restored.state.params)
-  MetricsWriter(workdir, resume_step=None, enabled=jax.process_index() == 0).write(
-      restored.step, metrics)
-  _print_summary(metrics, getattr(evaluate, "chance", {}))
+  evaluators = default_evaluators(config, run.model)
+  metrics: dict[str, float] = {}
+  for _, _, evaluate in evaluators:
+    metrics.update(evaluate(restored.state.params))
+  writer = MetricsWriter(workdir, resume_step=None, enabled=jax.process_index() == 0)
+  writer.write(restored.step, metrics)
+  writer.close()
+  _print_summary(metrics, evaluators)
   return metrics
 
 
-def _print_summary(metrics: dict[str, float], chance: dict[str, float]) -> None:
+def _print_summary(metrics: dict[str, float], evaluators: list[tuple[str, int, Callable]]) -> None:
   print("Final evaluation:", flush=True)
   for k, v in sorted(metrics.items()):
     print(f"  {k:40s} {v:8.2f}")
-  if chance:
-    print("Chance levels: " + ", ".join(f"{k} {v:.2f}" for k, v in chance.items()), flush=True)
+  for name, _, evaluate in evaluators:
+    chance = getattr(evaluate, "chance", None)
+    if chance:
+      print(f"Chance levels ({name}): " + ", ".join(f"{k} {v:.2f}" for k, v in chance.items()),
+            flush=True)

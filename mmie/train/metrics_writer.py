@@ -20,8 +20,9 @@ def _to_python(value: Any) -> float | int:
 class MetricsWriter:
   """Appends one JSON object per logged step and mirrors scalars to TensorBoard.
 
-  On resume, lines from steps after the restored checkpoint are dropped first, so the file
-  reads exactly as if the run had never been interrupted.
+  ``resume_step``: the step training (re)starts from. Lines of later steps, written by a run
+  that was interrupted before its next checkpoint, are dropped first, so the file reads
+  exactly as if the run had never been interrupted. None only appends (evaluation runs).
   """
 
   def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True):
@@ -31,7 +32,8 @@ class MetricsWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._truncate_after(resume_step if resume_step is not None else -1)
+    if resume_step is not None:
+      self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
 

@@ -8,6 +8,7 @@ import jax
 import optax
 
 from mmie.config import ConfigError
+from mmie.train import param_rules as param_rules_lib
 
 
 def build_schedule(opt_config: Any, total_steps: int) -> optax.Schedule:
@@ -35,29 +36,37 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build_optimizer(opt_config: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                                 optax.Schedule]:
-  """Returns ``(tx, schedule)``: gradient clipping, then the named optimizer."""
+def build_optimizer(opt_config: Any, total_steps: int, params: Any,
+                    param_rules: Any = None) -> tuple[optax.GradientTransformation,
+                                                      optax.Schedule]:
+  """Returns ``(tx, schedule)``: parameter rules, global-norm clipping, the named optimizer.
+
+  ``params`` (arrays or ShapeDtypeStructs) is needed to check the rules against the real
+  parameter names; ``param_rules`` of None trains every parameter at the base rate.
+  """
   schedule = build_schedule(opt_config, total_steps)
+  core = _named_optimizer(opt_config, schedule)
+  rules = param_rules_lib.parse_rules(param_rules)
+  tx = param_rules_lib.apply_rules(core, rules, params, opt_config.get("grad_clip_norm", None))
+  return tx, schedule
+
+
+def _named_optimizer(opt_config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
   name = opt_config.name
   wd = float(opt_config.get("weight_decay", 0.0))
   if name == "adamw":
-    core = optax.adamw(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.999),
+    return optax.adamw(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.999),
                        eps=opt_config.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
-  elif name == "lion":
-    core = optax.lion(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.99),
+  if name == "lion":
+    return optax.lion(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.99),
                       weight_decay=wd, mask=decay_mask)
-  elif name == "sgd":
-    core = optax.chain(
+  if name == "sgd":
+    return optax.chain(
         optax.add_decayed_weights(wd, mask=decay_mask),
         optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9)),
     )
-  elif name == "adafactor":
-    core = optax.adafactor(schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask)
-  else:
-    raise ConfigError(
-        f"optimizer.name={name!r} is unknown; expected 'adamw', 'lion', 'sgd' or 'adafactor'."
-    )
-  clip = opt_config.get("grad_clip_norm", None)
-  tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
-  return tx, schedule
+  if name == "adafactor":
+    return optax.adafactor(schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask)
+  raise ConfigError(
+      f"optimizer.name={name!r} is unknown; expected 'adamw', 'lion', 'sgd' or 'adafactor'."
+  )

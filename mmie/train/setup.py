@@ -1,4 +1,5 @@
-"""Building a run from its config: model, loss, task, optimizer, mesh, and a sharded state."""
+"""Building a run from its config: model, task, mesh and shardings, then one stage at a time
+its loss, optimizer and sharded state."""
 
 from __future__ import annotations
 
@@ -16,32 +17,35 @@ from mmie.config import ConfigError
 from mmie.losses import build_loss
 from mmie.models import build_model, unbox
 from mmie.tasks import Task, get_task
+from mmie.train import stages as stages_lib
 from mmie.train.optimizer import build_optimizer
 from mmie.train.state import TrainState
+from mmie.train.step import make_train_step
 
 
 @dataclasses.dataclass
 class Run:
-  """Everything built from one config, before any data is read."""
+  """What stays fixed for a whole run: model, task, mesh, parameter layout, stages."""
 
   config: Any
   task: Task
   model: Any
+  mesh: Mesh
+  batch_sharding: NamedSharding
+  abstract_params: Any   # Unboxed ShapeDtypeStructs.
+  param_shardings: Any
+  stages: list[stages_lib.Stage]
+
+
+@dataclasses.dataclass
+class StageRun:
+  """What a stage adds: its loss, optimizer, schedule and the state's shardings."""
+
+  stage: stages_lib.Stage
   loss: Any
   tx: optax.GradientTransformation
   schedule: optax.Schedule
-  mesh: Mesh
-  state_shardings: Any
-  batch_sharding: NamedSharding
-
-
-def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like one batch of the config's data, for initialisation and AOT compiles."""
-  size = config.data.image_size
-  return {
-      "image": np.zeros((batch_size, size, size, 3), np.float32),
-      "text": np.zeros((batch_size, config.data.context_length), np.int32),
-  }
+  state_shardings: Any = None
 
 
 def _resolve(section: str, builder: Any, section_config: Any) -> Any:
@@ -54,60 +58,123 @@ def _resolve(section: str, builder: Any, section_config: Any) -> Any:
     raise ConfigError(f"config.{section}: {e}") from e
 
 
+def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like one batch of the config's data, for initialisation and AOT compiles."""
+  size = config.data.image_size
+  return {
+      "image": np.zeros((batch_size, size, size, 3), np.float32),
+      "text": np.zeros((batch_size, config.data.context_length), np.int32),
+  }
+
+
+def _init_variables(model: Any, config: Any, rng: jax.Array) -> Any:
+  batch = example_batch(config, 1)
+  return model.init({"params": rng}, jnp.asarray(batch["image"]), jnp.asarray(batch["text"]))
+
+
 def build_run(config: Any, mesh: Mesh | None = None) -> Run:
   """Resolves every name in the config; fails here, before compiling, on any bad key."""
   task = get_task(config.task)
   model = _resolve("model", build_model, config.model)
-  loss = _resolve("loss", build_loss, config.loss)
-  tx, schedule = build_optimizer(config.optimizer, config.total_steps)
+  stages = stages_lib.resolve_stages(config)
   mesh = mesh if mesh is not None else sharding.make_mesh(config.get("mesh", None))
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp:
-    raise ValueError(f"Config key batch_size={config.batch_size} must be divisible by the"
-                     f" data-parallel size {dp} of the mesh {dict(mesh.shape)}.")
-  run = Run(config, task, model, loss, tx, schedule, mesh, None, sharding.batch_sharding(mesh))
-  run.state_shardings = sharding.tree_shardings(abstract_state(run), mesh)
-  return run
+    raise ConfigError(f"Config key batch_size={config.batch_size} must be divisible by the"
+                      f" data-parallel size {dp} of the mesh {dict(mesh.shape)}.")
+  boxed = jax.eval_shape(lambda r: _init_variables(model, config, r), jax.random.PRNGKey(0))
+  rules = config.get("mesh_rules", None) or sharding.DEFAULT_AXIS_RULES
+  param_shardings = sharding.logical_param_shardings(boxed["params"], mesh, rules)
+  return Run(config, task, model, mesh, sharding.batch_sharding(mesh), unbox(boxed["params"]),
+             param_shardings, stages)
 
 
-def _init_fn(run: Run):
-  config = run.config
+def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
+  """The stage's loss and optimizer (rules checked against the real parameter names)."""
+  loss = _resolve(f"stages[{stage.index}].loss" if run.config.get("stages") else "loss",
+                  build_loss, stage.loss)
+  tx, schedule = build_optimizer(stage.optimizer, stage.total_steps, run.abstract_params,
+                                 stage.param_rules)
+  stage_run = StageRun(stage, loss, tx, schedule)
+  stage_run.state_shardings = _state_shardings(run, jax.eval_shape(_init_fn(run, stage_run),
+                                                                   jax.random.PRNGKey(0)))
+  return stage_run
+
+
+def _state_shardings(run: Run, abstract: TrainState) -> TrainState:
+  replicated = sharding.replicated(run.mesh)
+  follow = lambda tree: sharding.shardings_following_params(tree, run.param_shardings, run.mesh)
+  return abstract.replace(
+      step=replicated, rng=replicated, nonfinite_count=replicated,
+      params=run.param_shardings,
+      opt_state=follow(abstract.opt_state),
+      loss_state=jax.tree.map(lambda _: replicated, abstract.loss_state),
+      ema_params=None if abstract.ema_params is None else run.param_shardings,
+  )
+
+
+def _loss_inputs(run: Run, params: Any, rng: jax.Array) -> dict[str, jax.Array]:
+  """The loss's inputs on an example batch, for initialising loss state (shapes only)."""
+  batch = {k: jnp.asarray(v) for k, v in example_batch(run.config, run.config.batch_size).items()}
+  inputs = run.task.forward(run.model.apply, params, batch, rng=rng, train=False)
+  return jax.tree.map(jax.lax.stop_gradient, inputs)
+
+
+def _init_fn(run: Run, stage_run: StageRun):
+  ema = run.config.get("train", {}).get("ema_decay", None) is not None
 
   def init(rng: jax.Array) -> TrainState:
     params_rng, state_rng, forward_rng = jax.random.split(rng, 3)
-    batch = {k: jnp.asarray(v) for k, v in example_batch(config, config.batch_size).items()}
-    variables = run.model.init({"params": params_rng}, batch["image"][:1], batch["text"][:1])
-    params = unbox(variables["params"])
-    inputs = run.task.forward(run.model.apply, params, batch, rng=forward_rng, train=False)
-    loss_state = run.loss.init(jax.tree.map(jax.lax.stop_gradient, inputs))
-    return TrainState.create(params=params, tx=run.tx, apply_fn=run.model.apply,
-                             loss_state=loss_state, rng=state_rng)
+    params = unbox(_init_variables(run.model, run.config, params_rng)["params"])
+    loss_state = stage_run.loss.init(_loss_inputs(run, params, forward_rng))
+    return TrainState.create(params=params, tx=stage_run.tx, apply_fn=run.model.apply,
+                             loss_state=loss_state, rng=state_rng, ema=ema)
 
   return init
 
 
-def abstract_state(run: Run) -> TrainState:
-  """The state's shapes and dtypes, without allocating it."""
-  return jax.eval_shape(_init_fn(run), jax.random.PRNGKey(0))
-
-
-def init_state(run: Run) -> TrainState:
+def init_state(run: Run, stage_run: StageRun) -> TrainState:
   """Initialises the state directly into its shardings (no full copy on one device)."""
-  init = jax.jit(_init_fn(run), out_shardings=run.state_shardings)
+  init = jax.jit(_init_fn(run, stage_run), out_shardings=stage_run.state_shardings)
   return init(jax.random.PRNGKey(run.config.seed))
 
 
-def abstract_with_shardings(run: Run) -> TrainState:
+def abstract_state(run: Run, stage_run: StageRun) -> TrainState:
   """ShapeDtypeStructs carrying the target shardings, for restoring into place."""
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state(run), run.state_shardings)
+  abstract = jax.eval_shape(_init_fn(run, stage_run), jax.random.PRNGKey(0))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, stage_run.state_shardings)
 
 
-def jit_train_step(run: Run, step_fn) -> Any:
-  """The jitted step with explicit shardings and the state donated."""
-  return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_sharding),
-                 out_shardings=(run.state_shardings, None), donate_argnums=(0,))
+def enter_stage(run: Run, state: TrainState, stage_run: StageRun) -> TrainState:
+  """Carries params (and EMA) into a new stage: fresh optimizer, loss state kept by name."""
+
+  def transition(state: TrainState) -> TrainState:
+    fresh = stage_run.loss.init(_loss_inputs(run, state.params, state.rng))
+    kept = {name: state.loss_state[name] if _same_structure(state.loss_state, fresh, name)
+            else value for name, value in fresh.items()} if isinstance(fresh, dict) else fresh
+    return state.replace(tx=stage_run.tx, opt_state=stage_run.tx.init(state.params),
+                         loss_state=kept)
+
+  return jax.jit(transition, out_shardings=stage_run.state_shardings)(state)
+
+
+def _same_structure(old: Any, new: Mapping[str, Any], name: str) -> bool:
+  if not isinstance(old, Mapping) or name not in old:
+    return False
+  a, b = old[name], new[name]
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(x.shape == y.shape and x.dtype == y.dtype
+                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def jit_train_step(run: Run, stage_run: StageRun) -> Any:
+  """The stage's jitted step with explicit shardings and the state donated."""
+  step_fn = make_train_step(run.task, stage_run.loss, stage_run.schedule,
+                            step_offset=stage_run.stage.start,
+                            train_config=run.config.get("train", {}))
+  return jax.jit(step_fn, in_shardings=(stage_run.state_shardings, run.batch_sharding),
+                 out_shardings=(stage_run.state_shardings, None), donate_argnums=(0,))
 
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

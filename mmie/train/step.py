@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mmie.config import ConfigError
 from mmie.tasks.base import Task
+from mmie.train import accumulate
 from mmie.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]
+ACCUMULATION = ("mean", "gradcache")
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -20,36 +24,55 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = None) -> StepFn:
+def _gradient_fn(train_config: Mapping[str, Any]) -> Callable[..., Any]:
+  k = int(train_config.get("grad_accum_steps", 1))
+  kind = train_config.get("accumulation", "mean")
+  if k < 1:
+    raise ConfigError(f"train.grad_accum_steps={k} must be >= 1.")
+  if kind not in ACCUMULATION:
+    raise ConfigError(f"train.accumulation={kind!r}; expected one of {ACCUMULATION}.")
+  if k == 1:
+    return accumulate.whole
+  return functools.partial(getattr(accumulate, kind), k=k)
+
+
+def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = None, *,
+                    step_offset: int = 0,
+                    train_config: Mapping[str, Any] | None = None) -> StepFn:
   """Builds the pure train step for ``task`` and ``loss`` (a ``mmie.losses.Loss``).
 
   A non-finite loss or gradient never reaches the parameters: the update is skipped, the
   state's ``nonfinite_count`` grows, and the loop decides (by config) whether to go on or stop.
   The step never branches on the kind of loss: whatever ``build_loss`` made is applied.
+  ``step_offset`` is the stage's first global step, so its schedule starts from zero.
   """
+  train_config = dict(train_config or {})
+  gradients = _gradient_fn(train_config)
+  ema_decay = train_config.get("ema_decay", None)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     model_rng, loss_rng = jax.random.split(rng)
-
-    def loss_fn(params):
-      inputs = task.forward(state.apply_fn, params, batch, rng=model_rng, train=True)
-      value, metrics, loss_state = loss.apply(inputs, state.loss_state, step=state.step,
-                                              rng=loss_rng)
-      return value, (metrics, loss_state)
-
-    (value, (metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    forward = lambda p, b: task.forward(state.apply_fn, p, b, rng=model_rng, train=True)
+    loss_apply = lambda inputs, ls: loss.apply(inputs, ls, step=state.step, rng=loss_rng)
+    value, metrics, loss_state, grads = gradients(state.params, batch, state.loss_state,
+                                                  forward, loss_apply)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
     finite = jnp.isfinite(value) & _all_finite(grads)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep(params, state.params)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                ema_params, params)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(params, state.params),
+        params=params,
         opt_state=keep(opt_state, state.opt_state),
         loss_state=keep(loss_state, state.loss_state),
+        ema_params=ema_params,
         nonfinite_count=state.nonfinite_count + (1 - finite.astype(jnp.int32)),
     )
     metrics = dict(metrics)
@@ -59,7 +82,7 @@ def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = Non
     metrics["update_norm"] = optax.global_norm(updates)
     metrics["nonfinite_count"] = new_state.nonfinite_count
     if schedule is not None:
-      metrics["learning_rate"] = schedule(state.step)
+      metrics["learning_rate"] = schedule(state.step - step_offset)
     return new_state, metrics
 
   return train_step

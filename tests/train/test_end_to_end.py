@@ -53,8 +53,9 @@ def _final_params(workdir):
   from mmie.train.checkpoint import Checkpointer
   config = _tiny()
   run = setup.build_run(config)
+  stage_run = setup.build_stage(run, run.stages[0])
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  restored = ckpt.restore_latest(setup.abstract_with_shardings(run))
+  restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
   ckpt.close()
   return restored
 

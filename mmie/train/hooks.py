@@ -1,0 +1,127 @@
+"""Loop hooks, each configured under ``config.train``: early stopping, profiler window, signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+from typing import Any, Mapping
+
+import jax
+
+from mmie.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+  """Stops when ``metric`` has not improved by ``min_delta`` for ``patience`` evaluations.
+
+  Its state (best value, evaluations without improvement, whether it fired) is saved in the
+  checkpoint metadata so a resumed run keeps counting where it was.
+  """
+
+  metric: str
+  mode: str = "max"
+  patience: int = 3
+  min_delta: float = 0.0
+  best: float | None = None
+  bad_evals: int = 0
+  stopped: bool = False
+
+  @classmethod
+  def from_config(cls, spec: Mapping[str, Any] | None) -> "EarlyStopping | None":
+    if not spec:
+      return None
+    spec = dict(spec)
+    unknown = sorted(set(spec) - {"metric", "mode", "patience", "min_delta"})
+    if unknown:
+      raise ConfigError(f"Unknown config key train.early_stopping.{unknown[0]}; keys are"
+                        " metric, mode, patience, min_delta.")
+    if "metric" not in spec:
+      raise ConfigError("train.early_stopping needs a metric, e.g. 'eval/i2t_recall@5'.")
+    if spec.get("mode", "max") not in ("max", "min"):
+      raise ConfigError(f"train.early_stopping.mode={spec['mode']!r}; expected 'max' or 'min'.")
+    if int(spec.get("patience", 3)) < 1:
+      raise ConfigError("train.early_stopping.patience must be >= 1.")
+    return cls(**spec)
+
+  def update(self, metrics: Mapping[str, float]) -> bool:
+    """Feeds one evaluation; returns True when training should stop."""
+    if self.metric not in metrics:
+      return False
+    value = float(metrics[self.metric])
+    sign = 1.0 if self.mode == "max" else -1.0
+    if self.best is None or (math.isfinite(value)
+                             and sign * (value - self.best) > self.min_delta):
+      self.best = value
+      self.bad_evals = 0
+    else:
+      self.bad_evals += 1
+    self.stopped = self.bad_evals >= self.patience
+    return self.stopped
+
+  def state(self) -> dict[str, Any]:
+    return {"best": self.best, "bad_evals": self.bad_evals, "stopped": self.stopped}
+
+  def load(self, state: Mapping[str, Any] | None) -> None:
+    if state:
+      self.best, self.bad_evals, self.stopped = state["best"], state["bad_evals"], state["stopped"]
+
+
+class ProfilerWindow:
+  """Captures a ``jax.profiler`` trace for global steps ``[start, end)`` into workdir/profile."""
+
+  def __init__(self, window: Any, workdir: str):
+    self.start, self.end = (int(window[0]), int(window[1])) if window else (-1, -1)
+    if window and not 0 <= self.start < self.end:
+      raise ConfigError(f"train.profile_steps={tuple(window)}: expected (start, end) with"
+                        " 0 <= start < end.")
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if step == self.start and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after_step(self, step: int, outputs: Any) -> None:
+    if self.active and step >= self.end:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.active = False
+      log.warning("Profiler trace for steps [%d, %d) written to %s", self.start, self.end,
+                  self.directory)
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+class StopSignal:
+  """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a flag the loop checks each step."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopSignal":
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
