@@ -22,7 +22,6 @@ import functools
 import glob
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -32,7 +31,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 FILE_COLUMNS = ("file", "file_name", "filename", "image", "path")
@@ -301,10 +299,3 @@ class LabelledReader:
         stat = os.stat(os.path.join(self.path, name))
         digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-  """uint8 [H, W] or [H, W, 3] -> PNG bytes (lossless)."""
-  buffer = io.BytesIO()
-  Image.fromarray(pixels).save(buffer, format="PNG")
-  return buffer.getvalue()

@@ -49,6 +49,16 @@ class Tokenizer:
     # Captions repeat every epoch: memoise single-caption encodes (the pipeline's hot path).
     self._encode_one = functools.lru_cache(maxsize=1 << 16)(self._encode_one_uncached)
 
+  def __getstate__(self) -> dict:
+    """Pickles without the memo (grain's worker processes receive a copy of the pipeline)."""
+    state = self.__dict__.copy()
+    del state["_encode_one"]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._encode_one = functools.lru_cache(maxsize=1 << 16)(self._encode_one_uncached)
+
   def _role_id(self, role: str) -> int:
     for name in _ROLE_NAMES[role]:
       token_id = self._backend.token_to_id(name)

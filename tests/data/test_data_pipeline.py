@@ -124,3 +124,21 @@ def test_encode_prompts_formats_each_class_with_each_template(make_data_config):
   np.testing.assert_array_equal(prompts[1, 1], tok.encode(["an emoji of objects"], 16)[0])
   with pytest.raises(ValueError, match="must contain"):
     pipeline.encode_prompts(config, ["flags"], ["no placeholder"])
+
+
+@pytest.mark.slow  # Spawning two worker processes takes ~20 s on 2 cores.
+def test_worker_processes_give_the_same_batches_and_resume(make_data_config):
+  from absl import flags  # grain reads absl flags in workers; outside absl.app they must be parsed.
+
+  flags.FLAGS.mark_as_parsed()
+  config = make_data_config(augment={"random_flip": True, "random_resized_crop": True})
+  expected = take(pipeline.build_train_iterator(config, batch_size=8, seed=0), 4)
+  parallel = pipeline.build_train_iterator(make_data_config(worker_count=2, **{
+      "augment": {"random_flip": True, "random_resized_crop": True}}), batch_size=8, seed=0)
+  first = take(parallel, 2)
+  state = json.loads(json.dumps(parallel.get_state()))
+  assert_same(first + take(parallel, 2), expected)
+  resumed = pipeline.build_train_iterator(make_data_config(worker_count=2, **{
+      "augment": {"random_flip": True, "random_resized_crop": True}}), batch_size=8, seed=0)
+  resumed.set_state(state)
+  assert_same(take(resumed, 2), expected[2:])

@@ -136,3 +136,18 @@ def test_prepare_command_line(caption_folder, tmp_path, capsys):
   assert sources.read_prepared(str(tmp_path)).splits
   with pytest.raises(ValueError, match="needs no preparation"):
     prepare.main(["--source=emoji", f"--out={tmp_path}"])
+
+
+def test_mixture_resumes_exactly(make_data_config, caption_folder):
+  config = make_data_config(name=f"emoji + folder(path='{caption_folder}', validation_fraction=0.0) * 20")
+  straight = pipeline.build_train_iterator(config, batch_size=8, seed=2)
+  for _ in range(3):
+    next(straight)
+  state = json.loads(json.dumps(straight.get_state()))
+  expected = [next(straight) for _ in range(2)]
+  resumed = pipeline.build_train_iterator(config, batch_size=8, seed=2)
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["text"], want["text"])

