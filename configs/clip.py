@@ -78,11 +78,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # Empty: $MMIE_DATA_DIR or ~/.cache/mmie/tensorflow_datasets.
   config.data.image_size = config.model.image.get_ref("image_size")
   config.data.context_length = config.model.text.get_ref("context_length")
+  config.data.tokenizer = ""  # Empty: the source's own; or a tokenizer.json / HF directory.
+  config.data.cache_mb = 1024
+  config.data.worker_count = 0
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.random_flip = False  # Flipping changes "arrow pointing left" emoji.
   config.data.augment.random_resized_crop = False
+  config.data.augment.crop_scale = (0.5, 1.0)
+  config.data.augment.color_jitter = 0.0
   config.data.prompt_templates = (
       # Words the tokenizer saw in training captions; unseen words split into bytes.
       "{}",

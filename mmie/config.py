@@ -58,7 +58,8 @@ TOP_LEVEL: dict[str, Field] = {
     "eval": Field(_SECTION, required=False),
     "mesh": Field(_SECTION, required=False),
     "train": Field(_SECTION, required=False),
-    "stages": Field(_SEQUENCE, required=False),
+    "stages": Field(_SECTION + (type(None),), required=False),
+    "stage_order": Field(_SEQUENCE, required=False, allowed="the stage names in order"),
     "param_rules": Field(_SEQUENCE + (type(None),), required=False,
                          allowed="a list of (regex, 'frozen' | lr multiplier)"),
     "mesh_rules": Field(_SEQUENCE + (type(None),), required=False,
@@ -147,9 +148,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDi
     if config.batch_size % accum:
       raise ConfigError(f"Config key train.grad_accum_steps={accum} must divide"
                         f" batch_size={config.batch_size}.")
-  for i, stage in enumerate(config.get("stages", None) or ()):
+  for name, stage in (config.get("stages", None) or {}).items():
     if "optimizer" in stage:
-      check_section(stage["optimizer"], OPTIMIZER, f"stages[{i}].optimizer.")
+      check_section(stage["optimizer"], OPTIMIZER, f"stages.{name}.optimizer.")
   for name in ("log_every", "eval_every", "checkpoint_every"):
     if config[name] > config.total_steps:
       raise ConfigError(

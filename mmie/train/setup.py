@@ -91,7 +91,7 @@ def build_run(config: Any, mesh: Mesh | None = None) -> Run:
 
 def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
   """The stage's loss and optimizer (rules checked against the real parameter names)."""
-  loss = _resolve(f"stages[{stage.index}].loss" if run.config.get("stages") else "loss",
+  loss = _resolve(f"stages.{stage.name}.loss" if run.config.get("stages") else "loss",
                   build_loss, stage.loss)
   tx, schedule = build_optimizer(stage.optimizer, stage.total_steps, run.abstract_params,
                                  stage.param_rules)

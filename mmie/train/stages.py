@@ -1,4 +1,6 @@
-"""Multi-stage curricula as data: ``config.stages`` is a list of stage sections.
+"""Multi-stage curricula as data: ``config.stages`` holds one section per stage, by name, and
+``config.stage_order`` the names in training order (a ConfigDict sorts its keys, and a frozen
+config cannot hold sections inside a list, hence the separate order).
 
 Each stage trains for its own ``total_steps`` with its own ``loss``, ``optimizer`` (and
 schedule) and ``param_rules``; missing keys fall back to the top-level config. Between stages
@@ -17,7 +19,7 @@ from typing import Any
 
 from mmie.config import ConfigError
 
-STAGE_KEYS = ("name", "total_steps", "loss", "optimizer", "param_rules")
+STAGE_KEYS = ("total_steps", "loss", "optimizer", "param_rules")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +44,25 @@ def resolve_stages(config: Any) -> list[Stage]:
   if not raw:
     return [Stage(0, "main", 0, config.total_steps, config.loss, config.optimizer,
                   default_rules)]
+  order = tuple(config.get("stage_order", None) or ())
+  if sorted(order) != sorted(raw.keys()):
+    raise ConfigError(f"stage_order={order} must name every stage in config.stages"
+                      f" ({sorted(raw.keys())}) exactly once.")
   stages = []
   start = 0
-  for i, section in enumerate(raw):
+  for i, name in enumerate(order):
+    section = raw[name]
     unknown = sorted(set(section.keys()) - set(STAGE_KEYS))
     if unknown:
-      raise ConfigError(f"Unknown config key stages[{i}].{unknown[0]}; stage keys are"
+      raise ConfigError(f"Unknown config key stages.{name}.{unknown[0]}; stage keys are"
                         f" {STAGE_KEYS}.")
     steps = section.get("total_steps", None)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-      raise ConfigError(f"stages[{i}].total_steps={steps!r}: each stage needs a positive"
+      raise ConfigError(f"stages.{name}.total_steps={steps!r}: each stage needs a positive"
                         " integer number of steps.")
     stages.append(Stage(
         index=i,
-        name=section.get("name", f"stage{i + 1}"),
+        name=name,
         start=start,
         end=start + steps,
         loss=section.get("loss", config.loss),
