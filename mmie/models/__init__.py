@@ -14,6 +14,7 @@ from mmie.models.builder import build_tower
 from mmie.models.builder import count_params
 from mmie.models.builder import example_inputs
 from mmie.models.layers import LOGICAL_AXES
+from mmie.models.layers import SUGGESTED_AXIS_RULES
 from mmie.models.layers import unbox
 from mmie.models.text import TextTransformer
 from mmie.models.two_towers import TwoTower
@@ -21,7 +22,7 @@ from mmie.models.two_towers import l2_normalize
 from mmie.models.vit import VisionTransformer
 
 __all__ = [
-    "IMAGE_TOWERS", "LOGICAL_AXES", "MODELS", "TEXT_TOWERS", "TextTransformer", "TwoTower",
+    "IMAGE_TOWERS", "LOGICAL_AXES", "MODELS", "SUGGESTED_AXIS_RULES", "TEXT_TOWERS", "TextTransformer", "TwoTower",
     "VisionTransformer", "build_image_tower", "build_model", "build_text_tower",
     "build_tower", "count_params", "example_inputs", "l2_normalize", "unbox",
 ]

@@ -103,7 +103,7 @@ def _tower_common(c: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
       param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
 
 
-def _vit_sizes(c: dict[str, Any], where: str) -> dict[str, int]:
+def vit_sizes(c: dict[str, Any], where: str) -> dict[str, int]:
   """Size keys from ``variant`` and/or explicit keys; a disagreement between them is an error."""
   sizes = vit_lib.parse_variant(c["variant"]) if c["variant"] else {}
   for key in _VARIANT_KEYS:
@@ -123,7 +123,7 @@ def _build_vit(section: Any, model: dict[str, Any], where: str) -> nn.Module:
   if c["pool"] not in vit_lib.POOLS:
     raise ValueError(f"{where}.pool={c['pool']!r} is not known; choose one of {vit_lib.POOLS}.")
   return vit_lib.VisionTransformer(
-      image_size=c["image_size"], **_vit_sizes(c, where), pool=c["pool"],
+      image_size=c["image_size"], **vit_sizes(c, where), pool=c["pool"],
       class_token=c["class_token"], ln_pre=c["ln_pre"], patch_bias=c["patch_bias"],
       positions=c["positions"], **_tower_common(c, model))
 

@@ -116,7 +116,7 @@ def _hf_clip_config(model: dict[str, Any], image: dict[str, Any],
                   "grouped-query attention is used")
     _export_check(tower["activation"] in hf_mapping.EXPORT_ACTIVATIONS,
                   f"activation {tower['activation']!r}")
-  sizes = builder._vit_sizes(image, "model.image")  # pylint: disable=protected-access
+  sizes = builder.vit_sizes(image, "model.image")
   common = lambda c, s: dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"],
                              num_hidden_layers=s["depth"], num_attention_heads=s["num_heads"],
                              hidden_act=hf_mapping.EXPORT_ACTIVATIONS[c["activation"]],

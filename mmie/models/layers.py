@@ -28,6 +28,14 @@ LOGICAL_AXES = (
     "token_types",
 )
 
+# A starting point for the engine's logical -> mesh axis rules on DESIGN's
+# ('data', 'fsdp', 'model') mesh: FSDP over the model width, tensor parallelism over heads,
+# MLP hidden units and vocabulary. Unlisted names ('kv', 'length', 'layers', ...) replicate.
+SUGGESTED_AXIS_RULES = (
+    ("embed", "fsdp"), ("mlp", "model"), ("heads", "model"), ("kv_heads", "model"),
+    ("vocab", "model"),
+)
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),

@@ -45,8 +45,8 @@ class TextTransformer(nn.Module):
     causal: causal self-attention (CLIP, LMs); otherwise bidirectional (BERT).
     pool: one of ``POOLS``; 'none' returns the [B, L, width] hidden states.
     eos_id: end-of-text id used by pool='eos'.
-    pad_id: padding id; when no attention_mask is given, a bidirectional tower hides keys
-      equal to it and mean pooling skips them. A causal tower needs no padding mask for
+    pad_id: padding id; when no attention_mask is given, mean pooling skips it and a
+      bidirectional tower hides keys equal to it. A causal tower needs no padding mask for
       'eos' pooling: the causal mask already hides everything after end-of-text.
     type_vocab_size: > 0 adds BERT token-type (segment) embeddings.
     embed_norm: LayerNorm on the summed embeddings (BERT).
@@ -116,12 +116,18 @@ class TextTransformer(nn.Module):
     ``attention_mask`` [B, L] is 1 for real tokens, 0 for padding (Hugging Face convention).
     """
     self._check(tokens)
-    if attention_mask is None and self.pad_id is not None and not self.causal:
-      attention_mask = tokens != self.pad_id
-    valid = jnp.ones(tokens.shape, bool) if attention_mask is None else attention_mask > 0
+    if attention_mask is not None:
+      valid = attention_mask > 0
+    elif self.pad_id is not None:
+      valid = tokens != self.pad_id
+    else:
+      valid = jnp.ones(tokens.shape, bool)
+    # Keys are masked when the caller says so, or by pad_id in a bidirectional tower; a
+    # causal tower already hides everything after end-of-text from 'eos' pooling.
+    hide_keys = attention_mask is not None or (self.pad_id is not None and not self.causal)
     mask = layers.combine_masks(
         layers.causal_mask(tokens.shape[1]) if self.causal else None,
-        None if attention_mask is None else layers.key_mask(valid))
+        layers.key_mask(valid) if hide_keys else None)
     x = self._embed(tokens, token_type_ids)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     block = layers.BlockConfig(

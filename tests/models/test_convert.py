@@ -8,7 +8,6 @@ The reference numbers come from transformers' own FlaxCLIPModel / FlaxBertModel 
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

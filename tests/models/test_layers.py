@@ -112,15 +112,17 @@ def _block_config(**kwargs) -> layers.BlockConfig:
   return layers.BlockConfig(num_heads=2, mlp_dim=16, **kwargs)
 
 
-def test_kv_cache_decoding_equals_full_causal_pass():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_kv_cache_decoding_equals_full_causal_pass(scan_layers):
   config = _block_config(num_kv_heads=1, rope_base=10_000.0)
-  full = layers.TransformerEncoder(2, config)
+  full = layers.TransformerEncoder(2, config, scan_layers=scan_layers)
   x = jax.random.normal(jax.random.key(0), (2, 6, 8))
-  params = layers.unbox(full.init(jax.random.key(1), x)["params"])
-  expected = full.apply({"params": params}, x, layers.causal_mask(6))
+  params = layers.unbox(jax.jit(full.init)(jax.random.key(1), x)["params"])
+  expected = jax.jit(full.apply)({"params": params}, x, layers.causal_mask(6))
   decoder = layers.TransformerEncoder(2, _block_config(num_kv_heads=1, rope_base=10_000.0,
-                                                       decode=True))
-  cache = decoder.init(jax.random.key(1), x)["cache"]
+                                                       decode=True), scan_layers=scan_layers)
+  cache = jax.eval_shape(decoder.init, jax.random.key(1), x)["cache"]
+  cache = jax.tree_util.tree_map(lambda c: jnp.zeros(c.shape, c.dtype), cache)
   step = jax.jit(lambda c, xt: decoder.apply({"params": params, "cache": c}, xt,
                                              mutable=["cache"]))
   outputs = []

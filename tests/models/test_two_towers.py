@@ -58,8 +58,9 @@ def test_output_shapes_and_unit_norm(clip_model):
 def test_encode_methods_are_unnormalised_call_inputs(clip_model):
   config, model, params, apply = clip_model
   images, tokens = _batch(config)
-  image_features = model.apply({"params": params}, images, method=model.encode_image)
-  text_features = model.apply({"params": params}, tokens, method=model.encode_text)
+  encode = jax.jit(model.apply, static_argnames="method")
+  image_features = encode({"params": params}, images, method=model.encode_image)
+  text_features = encode({"params": params}, tokens, method=model.encode_text)
   out = apply({"params": params}, images, tokens)
   assert not np.allclose(np.linalg.norm(image_features, axis=-1), 1.0)
   np.testing.assert_allclose(
@@ -157,6 +158,15 @@ def test_padding_never_changes_unpadded_outputs_bidirectional():
                              unpadded.mean(axis=1), atol=1e-5)
 
 
+def test_causal_mean_pooling_skips_padding():
+  tower, params = _text_tower(causal=True)
+  real = jnp.array([[5, 6, 7, 8, 9]], jnp.int32)
+  hidden = jax.jit(tower.apply)({"params": params}, real)
+  padded = jnp.concatenate([real, jnp.zeros((1, 3), jnp.int32)], axis=1)
+  pooled = jax.jit(tower.clone(pool="mean").apply)({"params": params}, padded)
+  np.testing.assert_allclose(pooled, hidden.mean(axis=1), atol=1e-5)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_causal_attention_never_sees_the_future(causal):
   tower, params = _text_tower(causal=causal)
@@ -218,3 +228,21 @@ def test_vit_pools_and_bfloat16_shapes(pool, positions):
   out = jax.eval_shape(model.apply, variables, images, tokens)
   assert out["image_emb"].dtype == jnp.float32  # Normalised embeddings stay float32.
   assert jax.tree_util.tree_leaves(models.unbox(variables))[0].dtype == jnp.float32
+
+
+def test_sharded_init_by_logical_axes_equals_plain_init(clip_model):
+  """The engine's path: specs from eval_shape, mesh shardings from rules, jit(init)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  config, model, params, _ = clip_model
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2),
+                           ("data", "fsdp", "model"))
+  inputs = models.example_inputs(config, batch_size=2)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh,
+                                          models.SUGGESTED_AXIS_RULES)
+  sharded = models.unbox(jax.jit(model.init, out_shardings=shardings)(
+      jax.random.key(0), *inputs)["params"])
+  query = sharded["text"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+  assert query.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model", None)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                         sharded, params)

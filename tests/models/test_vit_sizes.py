@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mmie import models
@@ -45,6 +44,7 @@ def test_vit_variant_counts_match_hf_vit(variant):
   assert _count_ours(variant, 224, patch_bias=True, ln_pre=False) == expected
 
 
+@pytest.mark.slow
 def test_vit_l14_count_matches_hf_clip_vision():
   """CLIP layout (ln_pre, no patch bias), the largest preset, from shapes alone."""
   sizes = vit.parse_variant("L/14")
