@@ -8,6 +8,9 @@ restore (a corrupt or truncated file) is reported and skipped in favour of the p
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -79,8 +82,9 @@ class Checkpointer:
         errors.append(msg)
         continue
       if errors:
-        log.warning("Resumed from step %d after skipping %d unreadable checkpoint(s).", step,
-                    len(errors))
+        self._quarantine([s for s in steps if s > step])
+        log.warning("Resumed from step %d after skipping %d unreadable checkpoint(s), moved"
+                    " to %s_corrupt/ for inspection.", step, len(errors), self.directory)
       return Restored(step, restored["state"], dict(restored["data"] or {}),
                       dict(restored["meta"] or {}))
     if errors:
@@ -89,6 +93,19 @@ class Checkpointer:
           + "\nMove the workdir's checkpoints/ aside to start afresh."
       )
     return None
+
+  def _quarantine(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints aside (never deletes them), so their steps can be re-saved."""
+    if jax.process_index() == 0:
+      aside = f"{self.directory.rstrip('/')}_corrupt"
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, f"{step}.{int(time.time())}")
+        shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("mmie_checkpoint_quarantine")
+    self._manager.reload()
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager; safe to call twice."""

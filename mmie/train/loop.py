@@ -44,8 +44,23 @@ def _save_config(config: Any, workdir: str) -> None:
       json.dump(new, f, indent=2, sort_keys=True)
 
 
+def _local_value(x: Any) -> np.ndarray:
+  """A replicated (possibly multi-host) array's value, read from this host's own copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
 def _host_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+  return {k: float(_local_value(v)) for k, v in metrics.items()}
+
+
+def _host_params(params: Any) -> Any:
+  """Params as host arrays for evaluation; across hosts, every host gathers all of them."""
+  if jax.process_count() == 1:
+    return params
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
 
 
 class _Session:
@@ -92,9 +107,14 @@ class _Session:
     self.ckpt.save(step, state, self.data_iter.get_state(), meta)
 
 
+@jax.jit
+def _all_finite(params: Any) -> jax.Array:
+  return jax.tree.reduce(lambda a, x: a & jax.numpy.all(jax.numpy.isfinite(x)), params,
+                         jax.numpy.array(True))
+
+
 def _all_finite_host(params: Any) -> bool:
-  return bool(jax.device_get(jax.tree.reduce(
-      lambda a, x: a & jax.numpy.all(jax.numpy.isfinite(x)), params, True)))
+  return bool(_local_value(_all_finite(params)))
 
 
 def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable]]:
@@ -186,7 +206,8 @@ def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
   host = _host_metrics(metrics)
   _, host["examples_per_second"] = progress.rates(step)
   writer.write(step, host)
-  progress.report(step, host["loss"])
+  if jax.process_index() == 0:
+    progress.report(step, host["loss"])
   if host["nonfinite_count"] > s.nonfinite_seen:
     s.nonfinite_seen = int(host["nonfinite_count"])
     msg = (f"Non-finite loss or gradient: {s.nonfinite_seen} update(s) skipped by step {step};"
@@ -201,12 +222,14 @@ def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
 def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
               only: Callable | None = None) -> dict[str, float]:
   metrics: dict[str, float] = {}
+  params = _host_params(state.params)
   for _, _, evaluate in s.evaluators:
     if only is None or evaluate is only:
-      metrics.update(evaluate(state.params))
+      metrics.update(evaluate(params))
   if writer is not None:
     writer.write(step, metrics)
-  print("  ".join(f"{k}={v:.2f}" for k, v in metrics.items()), flush=True)
+  if jax.process_index() == 0:
+    print("  ".join(f"{k}={v:.2f}" for k, v in metrics.items()), flush=True)
   return metrics
 
 

@@ -1,0 +1,116 @@
+"""The AOT pod check: compiles from shapes alone, and its memory numbers mean what they say."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import clip
+from mmie import config as config_lib
+from mmie.config import ConfigError
+from mmie.models import build_model, unbox
+from mmie.models.builder import example_inputs
+from mmie.train import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MESH = {"data": 2, "fsdp": 4}
+
+
+def _tiny():
+  return config_lib.validate(clip.get_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def report():
+  return aot.aot_compile(_tiny(), MESH, 8)
+
+
+def test_argument_bytes_are_the_sharded_state(report):
+  """XLA's own argument size equals the per-device shards of state and batch: the compile
+  really used the FSDP layout, and nothing was materialised whole."""
+  (stage,) = report["stages"]
+  assert stage["argument_bytes"] == stage["state_bytes"] + stage["batch_bytes"]
+  # Independent count: adamw keeps two moments per parameter, so the unsharded state is
+  # about 3x the parameters; FSDP over 4 devices must cut the per-device share well below.
+  unsharded_state = 3 * report["params_bytes_unsharded"]
+  assert stage["state_bytes"] < 0.5 * unsharded_state
+  assert stage["params_bytes"] < 0.5 * report["params_bytes_unsharded"]
+  # The donated state comes back in place: outputs alias (almost) all of it.
+  assert stage["alias_bytes"] >= stage["params_bytes"]
+  assert stage["peak_bytes"] >= stage["argument_bytes"]
+  assert stage["flops"] and stage["flops"] > 0
+
+
+def test_report_counts_and_table(report):
+  config = _tiny()
+  model = build_model(config.model)
+  params = jax.eval_shape(lambda: unbox(model.init(jax.random.PRNGKey(0),
+                                                   *example_inputs(config.model))["params"]))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert report["num_params"] == n_params
+  assert report["mesh"] == {"data": 2, "fsdp": 4, "model": 1}
+  assert report["per_device_batch"] == config.batch_size // 8
+  table = aot.format_report(report)
+  assert "arguments" in table and "est. peak" in table
+  assert any(line.startswith("main ") for line in table.splitlines())
+
+
+def test_bad_requests_fail_before_compiling():
+  with pytest.raises(ConfigError, match="this process has 8 CPU devices"):
+    aot.aot_compile(_tiny(), {"data": 16}, 16)
+  with pytest.raises(ConfigError, match="not a stage"):
+    aot.aot_compile(_tiny(), {"data": 8}, 8, stage="nope")
+  with pytest.raises(ConfigError, match="Unknown mesh axis"):
+    aot.aot_compile(_tiny(), {"data": 2, "tensor": 4}, 8)
+
+
+def test_parse_mesh():
+  assert aot.parse_mesh("data=8,fsdp=8") == {"data": 8, "fsdp": 8}
+  assert aot.parse_mesh(" data=-1 , model=4 ") == {"data": -1, "model": 4}
+  assert aot.mesh_device_count({"data": 8, "fsdp": 8}) == 64
+  assert aot.mesh_device_count({"data": -1, "fsdp": 8}) is None
+  assert aot.mesh_device_count({}) is None
+  for bad in ("data8", "data=eight", "data=2,data=4", ""):
+    with pytest.raises(ConfigError, match="--mesh"):
+      aot.parse_mesh(bad)
+
+
+def test_fake_devices_env():
+  env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+  aot.fake_devices_env(64, env)
+  assert env["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false"
+                              " --xla_force_host_platform_device_count=64")
+  assert env["JAX_PLATFORMS"] == "cpu"
+  aot.fake_devices_env(64, env)  # Already agreeing: left as is.
+  assert env["XLA_FLAGS"].count("device_count") == 1
+  with pytest.raises(ConfigError, match="already sets"):
+    aot.fake_devices_env(8, env)
+  with pytest.raises(ConfigError, match="JAX_PLATFORMS"):
+    aot.fake_devices_env(8, {"JAX_PLATFORMS": "tpu"})
+
+
+def _cli(*args, env_extra=None):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, "-m", "mmie.train.aot", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_cli_refuses_conflicting_device_count():
+  result = _cli("--config=configs/clip.py:tiny", "--mesh=data=2,fsdp=4",
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 2, result.stderr
+  assert "already sets --xla_force_host_platform_device_count=4 but --devices=8" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_prints_table():
+  """The command sets up its own fake devices (this subprocess has no conftest)."""
+  result = _cli("--config=configs/clip.py:tiny", "--mesh=data=2,fsdp=4",
+                "--config.batch_size=32")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "AOT train step on 8 fake CPU devices, mesh data=2 fsdp=4 model=1" in result.stdout
+  assert "global batch 32 (4 per data x fsdp shard)" in result.stdout

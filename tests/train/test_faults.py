@@ -1,0 +1,183 @@
+"""Faults lose nothing: SIGKILL at several points, SIGTERM, a corrupt checkpoint, NaNs."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import clip as clip_config
+from mmie import config as config_lib
+from mmie.train import loop, setup
+from mmie.train.checkpoint import Checkpointer
+from mmie.train.step import make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARGS = ["--config=configs/clip.py:tiny", "--config.total_steps=8", "--config.checkpoint_every=1",
+        "--config.eval_every=0", "--config.log_every=1"]
+
+
+def _env():
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(os.path.join(ROOT, ".jax_cache"))
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  return env
+
+
+def _start(workdir):
+  return subprocess.Popen([sys.executable, "main.py", *ARGS, f"--workdir={workdir}"], cwd=ROOT,
+                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(proc, workdir, step, timeout=600):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    assert proc.poll() is None, f"run ended before checkpoint {step}:\n{proc.stdout.read()}"
+    assert time.time() < deadline, f"no checkpoint {step} after {timeout}s"
+    time.sleep(0.05)
+
+
+def _config():
+  cfg = clip_config.get_config("tiny")
+  cfg.total_steps, cfg.checkpoint_every, cfg.eval_every, cfg.log_every = 8, 1, 0, 1
+  return config_lib.validate(cfg)
+
+
+def _restore(workdir, step=None):
+  run = setup.build_run(_config())
+  stage_run = setup.build_stage(run, run.stages[0])
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
+  ckpt.close()
+  return restored
+
+
+def _assert_same_params(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  proc = _start(workdir)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume_is_bit_identical(straight, tmp_path):
+  workdir = str(tmp_path)
+  for kill_after in (2, 5):  # Killed mid-run twice, each time just after a save started.
+    proc = _start(workdir)
+    _wait_for_checkpoint(proc, workdir, kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  proc = _start(workdir)
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  assert "Resumed from the checkpoint" in out
+  resumed, reference = _restore(workdir), _restore(straight)
+  assert resumed.step == reference.step == 8
+  _assert_same_params(resumed, reference)
+  assert resumed.data_state == reference.data_state
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(workdir)
+  _wait_for_checkpoint(proc, workdir, 2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+  assert "checkpoint saved" in out
+  stopped_at = int(out.split("Stopped by signal 15 at step ")[1].split(";")[0])
+  assert _restore(workdir).step == stopped_at
+
+
+def _corrupt(step_dir):
+  """Truncates every array data file of a checkpoint, as a failing disk might."""
+  corrupted = 0
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      if "state" in root and os.path.getsize(path) > 64 and not name.endswith(".json"):
+        with open(path, "r+b") as f:
+          f.truncate(16)
+        corrupted += 1
+  assert corrupted
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(straight, tmp_path, capfd):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(straight, workdir)
+  _corrupt(os.path.join(workdir, "checkpoints", "8"))
+  restored = _restore(workdir)
+  assert restored.step == 7  # The previous good one.
+  # Training from there reproduces the lost step exactly.
+  loop.train_and_evaluate(_config(), workdir)
+  _assert_same_params(_restore(workdir), _restore(straight))
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+  config = _config()
+  run = setup.build_run(config)
+  stage_run = setup.build_stage(run, run.stages[0])
+  state = setup.init_state(run, stage_run)
+  before = jax.tree.map(np.asarray, state.params)
+  step_fn = setup.jit_train_step(run, stage_run)
+  batch = setup.example_batch(config, config.batch_size)
+  batch["image"][0, 0, 0, 0] = np.nan
+  state, metrics = step_fn(state, setup.to_global(run, batch))
+  assert not np.isfinite(float(metrics["loss"]))
+  assert int(state.nonfinite_count) == 1 and int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+class _NanIterator:
+  """Stands in for the data iterator: every batch has a NaN pixel."""
+
+  def __init__(self, config):
+    self.batch = setup.example_batch(config, config.batch_size)
+    self.batch["image"][:, 0, 0, 0] = np.nan
+    self.position = 0
+
+  def __next__(self):
+    self.position += 1
+    return self.batch
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def test_nonfinite_stop_policy_stops_with_the_step(tmp_path, monkeypatch):
+  from mmie.data import pipeline
+  cfg = clip_config.get_config("tiny")
+  cfg.train = {"on_nonfinite": "stop"}
+  cfg.log_every = 1
+  config = config_lib.validate(cfg)
+  monkeypatch.setattr(pipeline, "build_train_iterator", lambda *a, **k: _NanIterator(config))
+  with pytest.raises(loop.NonFiniteError, match=r"1 update\(s\) skipped by step 1"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  # The state it saved is the finite initial one.
+  run = setup.build_run(config)
+  stage_run = setup.build_stage(run, run.stages[0])
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
+  ckpt.close()
+  assert restored.step == 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state.params))
