@@ -25,6 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress lines.
+    logging.set_verbosity(logging.WARNING)
   from mmie import config as config_lib
 
   try:

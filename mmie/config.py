@@ -56,12 +56,16 @@ TOP_LEVEL: dict[str, Field] = {
     "optimizer": Field(_SECTION),
     "data": Field(_SECTION),
     "eval": Field(_SECTION, required=False),
+    "evals": Field(_SECTION + (type(None),), required=False,
+                   allowed="{name: {type, every, ...}}; see docs/evaluation.md"),
     "mesh": Field(_SECTION, required=False),
     "train": Field(_SECTION, required=False),
     "stages": Field(_SECTION + (type(None),), required=False),
     "stage_order": Field(_SEQUENCE, required=False, allowed="the stage names in order"),
     "param_rules": Field(_SEQUENCE + (type(None),), required=False,
                          allowed="a list of (regex, 'frozen' | lr multiplier)"),
+    "init_from": Field(_SECTION + (type(None),), required=False,
+                       allowed="{parameter subtree: pretrained source}, e.g. {'text': 'minilm'}"),
     "mesh_rules": Field(_SEQUENCE + (type(None),), required=False,
                         allowed="a list of (logical axis, mesh axis)"),
 }
@@ -103,6 +107,8 @@ EVAL: dict[str, Field] = {
     "batch_size": Field((int,), required=False, check=_positive, allowed="a positive integer"),
     "retrieval": Field((bool,), required=False),
     "zeroshot": Field((bool,), required=False),
+    "representation": Field((bool,), required=False),
+    "plots": Field((bool,), required=False),
 }
 
 

@@ -119,8 +119,20 @@ def _all_finite_host(params: Any) -> bool:
 
 def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable]]:
   """The evaluators the config asks for, each with its own schedule (``every`` steps)."""
-  from mmie.evaluate import build_contrastive_evaluator
-  return [("contrastive", config.eval_every, build_contrastive_evaluator(config, model))]
+  from mmie.evaluate import build_evaluators  # Deferred: loads the evaluation split.
+  return build_evaluators(config, model)
+
+
+def _make_plots(s: "_Session", state: Any) -> None:
+  """Plots of the finished run into workdir/plots (process 0 only); never fails the run."""
+  if jax.process_index() != 0 or not s.config.get("eval", {}).get("plots", True):
+    return
+  from mmie.insight.plots import make_run_plots
+  try:
+    paths = make_run_plots(s.workdir, s.config, _host_params(state.params), s.run.model)
+    print(f"Plots: {', '.join(os.path.relpath(p, s.workdir) for p in paths)}", flush=True)
+  except Exception as e:  # noqa: BLE001 - a plotting problem must not lose a trained run.
+    log.error("Could not make the plots: %r", e)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
@@ -153,6 +165,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     writer.close()
   if not final:  # Resumed a finished run: evaluate the restored params once more.
     final = _evaluate(s, state, step, writer=None)
+  _make_plots(s, state)
   _print_summary(final, s.evaluators)
   return final
 

@@ -8,7 +8,7 @@ import jax
 import optax
 
 from mmie.config import ConfigError
-from mmie.train import param_rules as param_rules_lib
+from mmie.train import balance as balance_lib, param_rules as param_rules_lib
 
 
 def build_schedule(opt_config: Any, total_steps: int) -> optax.Schedule:
@@ -37,9 +37,10 @@ def decay_mask(params: Any) -> Any:
 
 
 def build_optimizer(opt_config: Any, total_steps: int, params: Any,
-                    param_rules: Any = None) -> tuple[optax.GradientTransformation,
-                                                      optax.Schedule]:
-  """Returns ``(tx, schedule)``: parameter rules, global-norm clipping, the named optimizer.
+                    param_rules: Any = None, balance: Any = None
+                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns ``(tx, schedule)``: parameter rules, modality balancing, global-norm clipping,
+  the named optimizer.
 
   ``params`` (arrays or ShapeDtypeStructs) is needed to check the rules against the real
   parameter names; ``param_rules`` of None trains every parameter at the base rate.
@@ -48,6 +49,10 @@ def build_optimizer(opt_config: Any, total_steps: int, params: Any,
   core = _named_optimizer(opt_config, schedule)
   rules = param_rules_lib.parse_rules(param_rules)
   tx = param_rules_lib.apply_rules(core, rules, params, opt_config.get("grad_clip_norm", None))
+  balancer = balance_lib.from_config(balance)  # config.train.balance_modalities, or None.
+  if balancer is not None:  # Frozen grads zeroed first so they count in no group's norm.
+    frozen = jax.tree.map(lambda t: not t, param_rules_lib.trainable_mask(rules, params))
+    tx = optax.chain(optax.masked(optax.set_to_zero(), frozen), balancer, tx)
   return tx, schedule
 
 

@@ -17,6 +17,7 @@ from mmie.config import ConfigError
 from mmie.losses import build_loss
 from mmie.models import build_model, unbox
 from mmie.tasks import Task, get_task
+from mmie.train import param_rules as param_rules_lib
 from mmie.train import stages as stages_lib
 from mmie.train.optimizer import build_optimizer
 from mmie.train.state import TrainState
@@ -94,7 +95,8 @@ def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
   loss = _resolve(f"stages.{stage.name}.loss" if run.config.get("stages") else "loss",
                   build_loss, stage.loss)
   tx, schedule = build_optimizer(stage.optimizer, stage.total_steps, run.abstract_params,
-                                 stage.param_rules)
+                                 stage.param_rules,
+                                 balance=run.config.get("train", {}).get("balance_modalities"))
   stage_run = StageRun(stage, loss, tx, schedule)
   stage_run.state_shardings = _state_shardings(run, jax.eval_shape(_init_fn(run, stage_run),
                                                                    jax.random.PRNGKey(0)))
@@ -134,9 +136,27 @@ def _init_fn(run: Run, stage_run: StageRun):
 
 
 def init_state(run: Run, stage_run: StageRun) -> TrainState:
-  """Initialises the state directly into its shardings (no full copy on one device)."""
+  """Initialises the state directly into its shardings (no full copy on one device).
+
+  ``config.init_from`` (``{subtree: source}``, e.g. ``{"text": "minilm"}``) then replaces
+  those parameter subtrees with converted pretrained weights (LiT), before any step.
+  """
   init = jax.jit(_init_fn(run, stage_run), out_shardings=stage_run.state_shardings)
-  return init(jax.random.PRNGKey(run.config.seed))
+  state = init(jax.random.PRNGKey(run.config.seed))
+  init_from = run.config.get("init_from", None)
+  if not init_from:
+    return state
+  from mmie.models import pretrained  # Deferred: reads weight files only when asked to.
+  try:
+    loaded = pretrained.load_pretrained(jax.device_get(state.params), dict(init_from))
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ConfigError(f"config.init_from={dict(init_from)}: {e}") from e
+  params = jax.device_put(loaded, run.param_shardings)
+  reinit = jax.jit(lambda st, p: st.replace(
+      params=p, opt_state=st.tx.init(p),
+      ema_params=None if st.ema_params is None else jax.tree.map(jnp.copy, p)),
+      out_shardings=stage_run.state_shardings)
+  return reinit(state, params)
 
 
 def abstract_state(run: Run, stage_run: StageRun) -> TrainState:
@@ -170,9 +190,11 @@ def _same_structure(old: Any, new: Mapping[str, Any], name: str) -> bool:
 
 def jit_train_step(run: Run, stage_run: StageRun) -> Any:
   """The stage's jitted step with explicit shardings and the state donated."""
+  rules = param_rules_lib.parse_rules(stage_run.stage.param_rules)
   step_fn = make_train_step(run.task, stage_run.loss, stage_run.schedule,
                             step_offset=stage_run.stage.start,
-                            train_config=run.config.get("train", {}))
+                            train_config=run.config.get("train", {}),
+                            trainable=param_rules_lib.trainable_mask(rules, run.abstract_params))
   return jax.jit(step_fn, in_shardings=(stage_run.state_shardings, run.batch_sharding),
                  out_shardings=(stage_run.state_shardings, None), donate_argnums=(0,))
 

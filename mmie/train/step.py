@@ -38,13 +38,16 @@ def _gradient_fn(train_config: Mapping[str, Any]) -> Callable[..., Any]:
 
 def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = None, *,
                     step_offset: int = 0,
-                    train_config: Mapping[str, Any] | None = None) -> StepFn:
+                    train_config: Mapping[str, Any] | None = None,
+                    trainable: Any = None) -> StepFn:
   """Builds the pure train step for ``task`` and ``loss`` (a ``mmie.losses.Loss``).
 
   A non-finite loss or gradient never reaches the parameters: the update is skipped, the
   state's ``nonfinite_count`` grows, and the loop decides (by config) whether to go on or stop.
   The step never branches on the kind of loss: whatever ``build_loss`` made is applied.
   ``step_offset`` is the stage's first global step, so its schedule starts from zero.
+  ``trainable`` (a pytree of Python bools like the params) marks frozen parameters: they enter
+  the forward pass through ``stop_gradient``, so no backward pass runs through a locked tower.
   """
   train_config = dict(train_config or {})
   gradients = _gradient_fn(train_config)
@@ -53,7 +56,10 @@ def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = Non
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
     rng = jax.random.fold_in(state.rng, state.step)
     model_rng, loss_rng = jax.random.split(rng)
-    forward = lambda p, b: task.forward(state.apply_fn, p, b, rng=model_rng, train=True)
+    freeze = lambda p: p if trainable is None else jax.tree.map(
+        lambda t, x: x if t else jax.lax.stop_gradient(x), trainable, p)
+    forward = lambda p, b: task.forward(state.apply_fn, freeze(p), b, rng=model_rng,
+                                        train=True)
     loss_apply = lambda inputs, ls: loss.apply(inputs, ls, step=state.step, rng=loss_rng)
     value, metrics, loss_state, grads = gradients(state.params, batch, state.loss_state,
                                                   forward, loss_apply)
