@@ -21,10 +21,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = "contrastive"
   config.seed = 0
   config.batch_size = 16 if tiny else 128
-  config.total_steps = 6 if tiny else 1000
+  config.total_steps = 6 if tiny else 500
   config.log_every = 2 if tiny else 25
   config.eval_every = 6 if tiny else 250
-  config.checkpoint_every = 3 if tiny else 250
+  config.checkpoint_every = 3 if tiny else 100
   config.keep_checkpoints = 2
 
   config.model = ml_collections.ConfigDict()
@@ -64,10 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 2 if tiny else 100
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.warmup_steps = 2 if tiny else 50
   config.optimizer.end_learning_rate_ratio = 0.0
-  config.optimizer.weight_decay = 0.1
+  config.optimizer.weight_decay = 0.2
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.98
   config.optimizer.eps = 1e-6

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mmie.data import readers
-from mmie.losses.callstring import Registry, parse_call
+from mmie.registry import Registry, parse_call
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "mmie", "tensorflow_datasets")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist.

@@ -4,7 +4,7 @@ The train step only sees `Loss` (``init``/``apply``) built by `build_loss(config
 see docs/losses.md for every head, transform and recipe.
 """
 
-from mmie.losses.callstring import Call, Registry, parse_call
+from mmie.registry import Call, Registry, parse_call
 from mmie.losses.classification import cross_entropy
 from mmie.losses.contrastive import clip, dcl, dclw, ntxent, siglip, supcon
 from mmie.losses.core import Loss, Transform, call_head, carry_over, chain, make_loss, stateless

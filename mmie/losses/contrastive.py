@@ -3,7 +3,8 @@
 Each head is a pure function returning ``(loss, metrics)``. Beyond the paper's arguments
 they accept the inputs that transforms write (all optional, all documented in
 docs/losses.md): candidate-side ``X_keys`` (momentum encoder outputs), ``X_queue`` /
-``X_queue_valid`` (memory-queue negatives) for each embedding input ``X``, ``hard_negatives`` (`HardNegatives`),
+``X_queue_valid`` (memory-queue negatives) for each embedding input ``X``,
+``hard_negatives`` (`HardNegatives`),
 ``block_size`` (chunked rows) and ``axis_name`` (global negatives over a mesh axis).
 """
 
@@ -60,7 +61,8 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
   _check_pair(image_emb, text_emb, "clip")
 
   def local(axis, image_emb, text_emb, logit_scale, image_emb_keys=None, text_emb_keys=None,
-            image_emb_queue=None, image_emb_queue_valid=None, text_emb_queue=None, text_emb_queue_valid=None):
+            image_emb_queue=None, image_emb_queue_valid=None, text_emb_queue=None,
+            text_emb_queue_valid=None):
     n = image_emb.shape[0]
     anchor_ids = Ids(jnp.full(n, -2, jnp.int32), dist.global_index(n, axis))
 
@@ -72,10 +74,10 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
                            candidate_valid=ok, label_smoothing=label_smoothing,
                            hard=hard_negatives, block_size=block_size)
 
-    i2t = direction(image_emb, text_emb if text_emb_keys is None else text_emb_keys, text_emb_queue,
-                    text_emb_queue_valid)
-    t2i = direction(text_emb, image_emb if image_emb_keys is None else image_emb_keys, image_emb_queue,
-                    image_emb_queue_valid)
+    text_keys = text_emb if text_emb_keys is None else text_emb_keys
+    image_keys = image_emb if image_emb_keys is None else image_emb_keys
+    i2t = direction(image_emb, text_keys, text_emb_queue, text_emb_queue_valid)
+    t2i = direction(text_emb, image_keys, image_emb_queue, image_emb_queue_valid)
     i2t_loss, t2i_loss = dist.mean(i2t.loss, axis), dist.mean(t2i.loss, axis)
     loss = 0.5 * (i2t_loss + t2i_loss)
     return loss, {"loss": loss, "i2t_loss": i2t_loss, "t2i_loss": t2i_loss,
@@ -88,7 +90,8 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
       sharded=dict(image_emb=image_emb, text_emb=text_emb, image_emb_keys=image_emb_keys,
                    text_emb_keys=text_emb_keys),
       replicated=_present(logit_scale=jnp.asarray(logit_scale), image_emb_queue=image_emb_queue,
-                          image_emb_queue_valid=image_emb_queue_valid, text_emb_queue=text_emb_queue,
+                          image_emb_queue_valid=image_emb_queue_valid,
+                          text_emb_queue=text_emb_queue,
                           text_emb_queue_valid=text_emb_queue_valid))
 
 
@@ -232,11 +235,14 @@ def supcon(features: Array, labels: Array, *, temperature: Array | float = 0.1,
     big = jnp.arange(every.shape[0])
     ids = Ids((big[:, None] * v + views).reshape(-1),
               jnp.repeat(dist.gather(labels, axis), v))
-    rows = info_nce_rows(features.reshape(n * v, -1), anchor_ids, every.reshape(-1, every.shape[-1]),
-                         ids, scale=1.0 / temperature, hard=hard_negatives, block_size=block_size)
-    loss_rows = jnp.where(rows.num_positives > 0, rows.loss, 0.0)
-    loss = dist.mean(loss_rows, axis)
-    return loss, {"loss": loss, "accuracy": dist.mean(rows.correct, axis),
+    rows = info_nce_rows(features.reshape(n * v, -1), anchor_ids,
+                         every.reshape(-1, every.shape[-1]), ids, scale=1.0 / temperature,
+                         hard=hard_negatives, block_size=block_size)
+    has_positive = rows.num_positives > 0
+    loss = dist.mean(jnp.where(has_positive, rows.loss, 0.0), axis)
+    accuracy = (dist.total(rows.correct & has_positive, axis)
+                / jnp.maximum(dist.total(has_positive, axis), 1)).astype(loss.dtype)
+    return loss, {"loss": loss, "accuracy": accuracy,
                   "temperature": jnp.asarray(temperature, loss.dtype)}
 
   return dist.run(local, axis_name, sharded=dict(features=features, labels=labels),

@@ -188,9 +188,11 @@ def carry_over(previous: Any, fresh: Any) -> Any:
     out = {}
     if "terms" in fresh:
       prev_terms = previous.get("terms", {})
-      out["terms"] = {k: _carry_entries(prev_terms.get(k, {}), v) for k, v in fresh["terms"].items()}
+      out["terms"] = {k: _carry_entries(prev_terms.get(k, {}), v)
+                      for k, v in fresh["terms"].items()}
     if "weighting" in fresh:
-      out["weighting"] = _carry_entries({"w": previous.get("weighting")}, {"w": fresh["weighting"]})["w"]
+      out["weighting"] = _carry_entries({"w": previous.get("weighting")},
+                                        {"w": fresh["weighting"]})["w"]
     return out
   return _carry_entries(previous, fresh)
 

@@ -44,7 +44,7 @@ class HardNegatives(NamedTuple):
 
 
 class Ids(NamedTuple):
-  """Per-row identity: equal ``instance`` is the same view (excluded), equal ``label`` is a positive."""
+  """Per-row identity: same ``instance`` = same view (excluded); same ``label`` = positive."""
 
   instance: Array
   label: Array
@@ -203,17 +203,12 @@ def map_row_blocks(block: Callable, rows: tuple[Array, ...], block_size: int | N
       (nb, block_size) + r.shape[1:]) for r in rows)
   body_fn = jax.checkpoint(block)
 
-  if not reduce_max:
-    _, out = jax.lax.scan(lambda carry, x: (carry, body_fn(x)), None, blocked)
-    return jax.tree.map(lambda o: o.reshape((nb * block_size,) + o.shape[2:])[:n], out)
+  _, out = jax.lax.scan(lambda carry, x: (carry, body_fn(x)), None, blocked)
+  if reduce_max:  # per-block column maxima are tiny ([blocks, columns]): reduce after the scan
+    per_row, per_col = out
+    return _unblock(per_row, n), jax.tree.map(lambda c: jnp.max(c, axis=0), per_col)
+  return _unblock(out, n)
 
-  def body(carry, x):
-    per_row, per_col = body_fn(x)
-    return jax.tree.map(jnp.maximum, carry, per_col), per_row
 
-  # The first block seeds the running maxima (a constant -inf seed would not carry the
-  # device-varying type the scan needs inside shard_map).
-  first, cols = body_fn(tuple(b[0] for b in blocked))
-  cols, rest = jax.lax.scan(body, cols, tuple(b[1:] for b in blocked))
-  out = jax.tree.map(lambda f, r: jnp.concatenate([f[None], r]), first, rest)
-  return jax.tree.map(lambda o: o.reshape((nb * block_size,) + o.shape[2:])[:n], out), cols
+def _unblock(tree, n: int):
+  return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], tree)

@@ -23,7 +23,7 @@ from typing import Any
 import optax
 
 from mmie.losses import classification, contrastive, queue, redundancy, transforms, weighting
-from mmie.losses.callstring import Registry, bind_arguments, describe_signature, parse_call
+from mmie.registry import Registry, bind_arguments, describe_signature, parse_call
 from mmie.losses.core import Loss, Transform, make_loss
 
 HEADS: Registry[Any] = Registry("loss head")
@@ -81,8 +81,8 @@ def bind_head(text: str) -> tuple[str, Callable[..., Any], dict[str, Any]]:
 def build_transforms(texts: Sequence[str]) -> list[tuple[str, Transform]]:
   """Builds ``[(name, Transform)]`` from call-strings, in order."""
   if isinstance(texts, str):
-    raise TypeError(f"loss transforms must be a sequence of call-strings, got the string {texts!r}; "
-                    f"write [{texts!r}].")
+    raise TypeError(f"loss transforms must be a sequence of call-strings, got the string "
+                    f"{texts!r}; write [{texts!r}].")
   out = []
   for text in texts:
     name, factory, kwargs = TRANSFORMS.bind(text)
@@ -119,8 +119,9 @@ def _build_combined(cfg: Mapping[str, Any]) -> Loss:
     _check_keys(term_cfg, _TERM_KEYS, where)
     if "name" not in term_cfg:
       raise KeyError(f"{where} needs 'name' (a head call-string); known heads: {', '.join(HEADS)}.")
-    terms[term_name] = weighting.Term(_build_single(term_cfg), build_weight(term_cfg.get("weight", 1.0)),
-                                    dict(term_cfg.get("inputs", {}) or {}))
+    terms[term_name] = weighting.Term(_build_single(term_cfg),
+                                      build_weight(term_cfg.get("weight", 1.0)),
+                                      dict(term_cfg.get("inputs", {}) or {}))
   return weighting.combine(terms, WEIGHTINGS.build(cfg.get("weighting", "static") or "static"))
 
 

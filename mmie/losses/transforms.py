@@ -32,7 +32,8 @@ def hard_negatives(mode: str = "importance", beta: float = 1.0, tau_plus: float 
   """
   if mode not in HARD_NEGATIVE_MODES:
     raise ValueError(f"hard_negatives: unknown mode {mode!r}; choose one of {HARD_NEGATIVE_MODES}.")
-  checks = [("beta", beta, beta >= 0, ">= 0"), ("tau_plus", tau_plus, 0 <= tau_plus < 1, "in [0, 1)"),
+  checks = [("beta", beta, beta >= 0, ">= 0"),
+            ("tau_plus", tau_plus, 0 <= tau_plus < 1, "in [0, 1)"),
             ("fraction", fraction, 0 < fraction <= 1, "in (0, 1]"),
             ("margin", margin, margin >= 0, ">= 0")]
   for name, value, ok, allowed in checks:
@@ -102,7 +103,8 @@ def dynamic_temperature(min_temperature: float = 0.03, max_temperature: float = 
   def init(example: Inputs) -> dict[str, Array]:
     for name in (first, second):
       if name not in example:
-        raise KeyError(f"dynamic_temperature: pair input {name!r} missing; inputs: {sorted(example)}.")
+        raise KeyError(f"dynamic_temperature: pair input {name!r} missing; inputs: "
+                       f"{sorted(example)}.")
     return {"gap_ema": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
 
   def apply(inputs: Inputs, state: Any, *, step: Array, rng: Array) -> tuple[Inputs, Any]:
@@ -129,7 +131,8 @@ def learnable_temperature(source: str = "log_logit_scale", output: str = "temper
   """
   _check_output(output, "learnable_temperature")
   if max_logit_scale <= 0:
-    raise ValueError(f"learnable_temperature: max_logit_scale must be > 0, got {max_logit_scale!r}.")
+    raise ValueError(f"learnable_temperature: max_logit_scale must be > 0, got "
+                     f"{max_logit_scale!r}.")
 
   def rewrite(inputs: Inputs) -> Inputs:
     if source not in inputs:

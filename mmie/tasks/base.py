@@ -12,7 +12,8 @@ Forward = Callable[..., dict[str, jax.Array]]
 class Task(NamedTuple):
   """A task is a few pure functions, not a trainer.
 
-  ``forward(apply_fn, params, batch, *, rng, train)`` runs the model and returns the named
+  ``forward(apply_fn, params, batch, *, rng, train, ema_params=None)`` runs the model (and,
+  given EMA params, the momentum encoder) and returns the named
   arrays the loss consumes (for example ``image_emb``, ``text_emb``, ``logit_scale``), so the
   train step never branches on the kind of model or loss.
   """

@@ -132,13 +132,17 @@ def _flops(compiled: Any) -> float | None:
 
 def compile_stage(run: Any, stage: Any) -> dict[str, Any]:
   """Lowers and compiles one stage's train step from shapes; XLA's per-device numbers."""
+  import jax
   from mmie.train import setup
 
   stage_run = setup.build_stage(run, stage)
   state = setup.abstract_state(run, stage_run)
   batch = abstract_batch(run)
+  step = setup.jit_train_step(run, stage_run)
+  jitted = getattr(step, "jitted", step)  # The jax.jit object under the mesh-context wrapper.
   start = time.perf_counter()
-  compiled = setup.jit_train_step(run, stage_run).lower(state, batch).compile()
+  with jax.set_mesh(run.mesh):  # As when training: losses may name the mesh's axes.
+    compiled = jitted.lower(state, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   report = {

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from mmie import sharding
 from mmie.config import ConfigError
-from mmie.losses import build_loss
+from mmie.losses import build_loss, carry_over
 from mmie.models import build_model, unbox
 from mmie.tasks import Task, get_task
 from mmie.train import param_rules as param_rules_lib
@@ -118,8 +118,13 @@ def _state_shardings(run: Run, abstract: TrainState) -> TrainState:
 def _loss_inputs(run: Run, params: Any, rng: jax.Array) -> dict[str, jax.Array]:
   """The loss's inputs on an example batch, for initialising loss state (shapes only)."""
   batch = {k: jnp.asarray(v) for k, v in example_batch(run.config, run.config.batch_size).items()}
-  inputs = run.task.forward(run.model.apply, params, batch, rng=rng, train=False)
+  momentum = {"ema_params": params} if _uses_ema(run) else {}
+  inputs = run.task.forward(run.model.apply, params, batch, rng=rng, train=False, **momentum)
   return jax.tree.map(jax.lax.stop_gradient, inputs)
+
+
+def _uses_ema(run: Run) -> bool:
+  return run.config.get("train", {}).get("ema_decay", None) is not None
 
 
 def _init_fn(run: Run, stage_run: StageRun):
@@ -171,21 +176,10 @@ def enter_stage(run: Run, state: TrainState, stage_run: StageRun) -> TrainState:
 
   def transition(state: TrainState) -> TrainState:
     fresh = stage_run.loss.init(_loss_inputs(run, state.params, state.rng))
-    kept = {name: state.loss_state[name] if _same_structure(state.loss_state, fresh, name)
-            else value for name, value in fresh.items()} if isinstance(fresh, dict) else fresh
     return state.replace(tx=stage_run.tx, opt_state=stage_run.tx.init(state.params),
-                         loss_state=kept)
+                         loss_state=carry_over(state.loss_state, fresh))
 
   return jax.jit(transition, out_shardings=stage_run.state_shardings)(state)
-
-
-def _same_structure(old: Any, new: Mapping[str, Any], name: str) -> bool:
-  if not isinstance(old, Mapping) or name not in old:
-    return False
-  a, b = old[name], new[name]
-  return (jax.tree.structure(a) == jax.tree.structure(b)
-          and all(x.shape == y.shape and x.dtype == y.dtype
-                  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
 def jit_train_step(run: Run, stage_run: StageRun) -> Any:
@@ -195,8 +189,16 @@ def jit_train_step(run: Run, stage_run: StageRun) -> Any:
                             step_offset=stage_run.stage.start,
                             train_config=run.config.get("train", {}),
                             trainable=param_rules_lib.trainable_mask(rules, run.abstract_params))
-  return jax.jit(step_fn, in_shardings=(stage_run.state_shardings, run.batch_sharding),
-                 out_shardings=(stage_run.state_shardings, None), donate_argnums=(0,))
+  jitted = jax.jit(step_fn, in_shardings=(stage_run.state_shardings, run.batch_sharding),
+                   out_shardings=(stage_run.state_shardings, None), donate_argnums=(0,))
+
+  def step_in_mesh(state: TrainState, batch: Mapping[str, jax.Array]):
+    # The mesh is in context so that losses may name its axes (global_negatives).
+    with jax.set_mesh(run.mesh):
+      return jitted(state, batch)
+
+  step_in_mesh.jitted = jitted  # type: ignore[attr-defined]  # For .lower() / AOT compiles.
+  return step_in_mesh
 
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

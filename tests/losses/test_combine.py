@@ -145,7 +145,8 @@ def test_stage_that_adds_a_transform_keeps_the_others_state():
   stage1 = losses.build_loss({"name": "clip", "transforms": ["memory_queue(size=8)",
                                                              "dynamic_temperature"]})
   stage2 = losses.build_loss({"name": "clip", "transforms": [
-      "memory_queue(size=8)", "hard_negatives(beta=0.5)", "dynamic_temperature", "chunked(block_size=2)"]})
+      "memory_queue(size=8)", "hard_negatives(beta=0.5)", "dynamic_temperature",
+      "chunked(block_size=2)"]})
   x = _inputs()
   state1 = stage1.init(x)
   _, _, state1 = jax.jit(stage1.apply)(x, state1, step=jnp.int32(0), rng=RNG)
@@ -176,3 +177,34 @@ def test_memory_queue_state_survives_a_checkpoint_round_trip(tmp_path):
     l2, _, resumed = apply(batch, resumed, step=jnp.int32(i), rng=RNG)
     np.testing.assert_array_equal(l1, l2)
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_carry_over_of_combined_state_matches_terms_by_name():
+  stage1 = losses.build_loss({"weighting": "uncertainty", "terms": {
+      "clip": {"name": "clip", "transforms": ["memory_queue(size=8)"]},
+      "ssl": {"name": "vicreg", "inputs": {"z_a": "image_emb", "z_b": "image_emb_aug"}}}})
+  stage2 = losses.build_loss({"weighting": "uncertainty", "terms": {
+      "clip": {"name": "clip", "transforms": ["memory_queue(size=8)", "chunked(block_size=2)"]},
+      "ssl": {"name": "vicreg", "inputs": {"z_a": "image_emb", "z_b": "image_emb_aug"}}}})
+  x = _inputs()
+  state1 = jax.jit(stage1.apply)(x, stage1.init(x), step=jnp.int32(0), rng=RNG)[2]
+  carried = losses.carry_over(state1, stage2.init(x))
+  jax.tree.map(np.testing.assert_array_equal, carried, state1)
+  # A term that is new in the stage gets its weighting entry fresh: shapes differ, so the
+  # whole weighting state restarts.
+  stage3 = losses.build_loss({"weighting": "uncertainty", "terms": {
+      "clip": {"name": "clip", "transforms": ["memory_queue(size=8)"]},
+      "siglip": {"name": "siglip(logit_bias=0.0)"}}})
+  fresh = losses.carry_over(state1, stage3.init(x))
+  jax.tree.map(np.testing.assert_array_equal, fresh["terms"], state1["terms"])
+  assert float(fresh["weighting"]["log_variance"]["siglip"]) == 0.0
+
+
+def test_registries_list_every_head_and_transform():
+  assert set(losses.HEADS) == {
+      "clip", "siglip", "ntxent", "dcl", "dclw", "supcon", "vicreg", "barlow_twins",
+      "decorrelation", "feature_consistency", "cross_entropy"}
+  assert set(losses.TRANSFORMS) == {
+      "memory_queue", "momentum_keys", "hard_negatives", "dynamic_temperature",
+      "learnable_temperature", "global_negatives", "chunked"}
+  assert set(losses.WEIGHTINGS) == {"static", "inverse_running_loss", "uncertainty"}

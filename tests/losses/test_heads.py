@@ -88,8 +88,8 @@ def test_cross_entropy_with_smoothing_and_padding(eps):
   targets = _labels(21, 15, 7).reshape(3, 5)
   mask = np.ones((3, 5))
   mask[0, 3:] = mask[2, 1:] = 0.0
-  fn = jax.value_and_grad(lambda x: losses.cross_entropy(
-      x, jnp.asarray(targets), mask=jnp.asarray(mask), label_smoothing=eps)[0])
+  fn = jax.jit(jax.value_and_grad(lambda x: losses.cross_entropy(
+      x, jnp.asarray(targets), mask=jnp.asarray(mask), label_smoothing=eps)[0]))
   value, grad = fn(jnp.asarray(logits))
   np.testing.assert_allclose(value, ref.cross_entropy(logits, targets, mask, eps), rtol=1e-5)
   num = ref.numeric_grad(lambda x: ref.cross_entropy(x, targets, mask, eps), logits)
@@ -99,7 +99,7 @@ def test_cross_entropy_with_smoothing_and_padding(eps):
 
 def test_cross_entropy_metrics():
   logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]]))
-  _, m = losses.cross_entropy(logits, jnp.array([0, 1, 1]), mask=jnp.array([1, 1, 0]))
+  _, m = jax.jit(losses.cross_entropy)(logits, jnp.array([0, 1, 1]), mask=jnp.array([1, 1, 0]))
   np.testing.assert_allclose(m["accuracy"], 0.5)
   np.testing.assert_allclose(m["nll"], -(np.log(0.7) + np.log(0.1)) / 2)
   assert m["num_targets"] == 2
@@ -120,7 +120,7 @@ def test_supcon_anchor_without_positive_contributes_zero():
   # Single view, labels [0, 0, 1]: anchor 2 has no positive, and adds 0 to the mean of 3.
   f = _rand(22, (3, 1, 4), True)
   labels = np.array([0, 0, 1])
-  loss, _ = losses.supcon(jnp.asarray(f), jnp.asarray(labels), temperature=0.5)
+  loss, _ = jax.jit(losses.supcon)(jnp.asarray(f), jnp.asarray(labels), temperature=0.5)
   np.testing.assert_allclose(loss, ref.supcon(f, labels, 0.5), rtol=1e-10)
 
 

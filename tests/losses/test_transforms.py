@@ -110,7 +110,8 @@ def test_importance_with_beta_zero_is_plain_loss():
 
 def test_dynamic_temperature_rule():
   loss_fn = losses.build_loss({"name": "clip", "transforms": [
-      "dynamic_temperature(min_temperature=0.05, max_temperature=0.25, target_gap=1.0, momentum=0.5)"]})
+      "dynamic_temperature(min_temperature=0.05, max_temperature=0.25, target_gap=1.0, "
+      "momentum=0.5)"]})
   img = jnp.eye(3)
   batch = {"image_emb": img, "text_emb": img, "logit_scale": jnp.float64(1.0)}
   # Matched cosine 1, unmatched 0: gap 1 -> bias-corrected EMA 1 -> min temperature.
@@ -118,7 +119,8 @@ def test_dynamic_temperature_rule():
   _, m, state = jax.jit(loss_fn.apply)(batch, state, step=STEP, rng=RNG)
   np.testing.assert_allclose(m["logit_scale"], 1 / 0.05, rtol=1e-6)
   # Now a batch with gap 0 (all rows equal): EMA (0.5*0.5*1 + 0.5*0) / (1 - 0.25) = 1/3.
-  flat = {**batch, "image_emb": jnp.ones((3, 3)) / math.sqrt(3), "text_emb": jnp.ones((3, 3)) / math.sqrt(3)}
+  same = jnp.ones((3, 3)) / math.sqrt(3)
+  flat = {**batch, "image_emb": same, "text_emb": same}
   _, m, state = jax.jit(loss_fn.apply)(flat, state, step=STEP, rng=RNG)
   np.testing.assert_allclose(m["logit_scale"], 1 / (0.25 - 0.2 / 3), rtol=1e-6)
   assert int(state["dynamic_temperature"]["count"]) == 2
@@ -128,7 +130,8 @@ def test_learnable_temperature_parameterisation():
   loss_fn = losses.build_loss({"name": "ntxent", "transforms": ["learnable_temperature"]})
   batch = {"z_a": jnp.asarray(_unit(1, (4, 3))), "z_b": jnp.asarray(_unit(2, (4, 3)))}
   for raw, temp in ((math.log(10.0), 0.1), (math.log(500.0), 0.01)):  # clamp at 100
-    _, m, _ = jax.jit(loss_fn.apply)({**batch, "log_logit_scale": jnp.float64(raw)}, {}, step=STEP, rng=RNG)
+    inputs = {**batch, "log_logit_scale": jnp.float64(raw)}
+    _, m, _ = jax.jit(loss_fn.apply)(inputs, {}, step=STEP, rng=RNG)
     np.testing.assert_allclose(m["temperature"], temp, rtol=1e-10)
   g = jax.grad(lambda r: jax.jit(loss_fn.apply)({**batch, "log_logit_scale": r}, {}, step=STEP,
                                        rng=RNG)[0])(jnp.float64(1.0))

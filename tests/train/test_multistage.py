@@ -77,3 +77,26 @@ def test_stage_boundaries():
   assert stages_lib.stage_at(stages, 0).index == 0
   assert stages_lib.stage_at(stages, 2).index == 0  # A boundary belongs to the ending stage.
   assert stages_lib.stage_at(stages, 3).index == 1
+
+
+def test_moco_recipe_trains_with_momentum_keys_and_queue():
+  """EMA params feed momentum keys; the memory queue fills; global_negatives runs in the mesh."""
+  from configs import clip as clip_config
+  cfg = clip_config.get_config("tiny")
+  cfg.train = {"ema_decay": 0.9}
+  cfg.loss.transforms = ("momentum_keys()", "memory_queue(size=32)", "global_negatives()")
+  config = config_lib.validate(cfg)
+  run = setup.build_run(config)
+  stage_run = setup.build_stage(run, run.stages[0])
+  state = setup.init_state(run, stage_run)
+  step_fn = setup.jit_train_step(run, stage_run)
+  batch = setup.example_batch(config, config.batch_size)
+  batch["image"] = np.random.default_rng(0).normal(size=batch["image"].shape).astype(np.float32)
+  batch["text"][:, 3] = 2
+  for _ in range(2):
+    state, metrics = step_fn(state, setup.to_global(run, batch))
+  assert np.isfinite(float(metrics["loss"]))
+  queue = state.loss_state["memory_queue"]
+  for name in ("image_emb", "text_emb"):
+    assert int(queue[name]["filled"]) == 2 * config.batch_size  # Two batches of keys, size 32.
+    assert np.abs(np.asarray(queue[name]["entries"])).sum() > 0

@@ -28,7 +28,8 @@ class Call(NamedTuple):
 def parse_call(text: str) -> Call:
   """Parses ``"name"`` or ``"name(1, key='v', sizes=(2, 3))"``; arguments must be literals."""
   if not isinstance(text, str) or not text.strip():
-    raise ValueError(f"expected a call-string such as \"name\" or \"name(key=value)\", got {text!r}.")
+    raise ValueError(f"expected a call-string such as \"name\" or \"name(key=value)\", "
+                     f"got {text!r}.")
   try:
     node = ast.parse(text.strip(), mode="eval").body
   except SyntaxError as e:
