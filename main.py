@@ -19,12 +19,23 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize(), which detects TPU"
+    " pods, SLURM, Open MPI and Kubernetes by itself. Elsewhere give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; else unused.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress lines.
     logging.set_verbosity(logging.WARNING)
   from mmie import config as config_lib

@@ -67,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.context_length = config.model.get_ref("context_length")
   config.data.train_split = "train"
   config.data.eval_split = "validation"
+  config.evals = ml_collections.ConfigDict({
+      "lm": {"type": "perplexity", "every": config.eval_every, "prefix": "eval/"}})
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.random_flip = False
   config.data.augment.random_resized_crop = False

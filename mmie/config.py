@@ -64,6 +64,8 @@ TOP_LEVEL: dict[str, Field] = {
     "stage_order": Field(_SEQUENCE, required=False, allowed="the stage names in order"),
     "param_rules": Field(_SEQUENCE + (type(None),), required=False,
                          allowed="a list of (regex, 'frozen' | lr multiplier)"),
+    "profile": Field(_SECTION + (type(None),), required=False,
+                     allowed="{peak_flops: {device kind or platform: FLOP/s}}"),
     "init_from": Field(_SECTION + (type(None),), required=False,
                        allowed="{parameter subtree: pretrained source}, e.g. {'text': 'minilm'}"),
     "mesh_rules": Field(_SEQUENCE + (type(None),), required=False,

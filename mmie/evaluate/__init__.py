@@ -1,62 +1,83 @@
-"""Evaluators: each is ``evaluate(params) -> {name: value}``, built once from the config."""
+"""Evaluators: each is ``evaluate(params) -> {name: value}``, built once from the config.
+
+``build_evaluators(config, model)`` is the entry point the training loop uses: it returns
+``[(name, every, evaluate)]`` from ``config.evals`` (see mmie/evaluate/registry.py for the keys
+and docs/evaluation.md for every evaluator), or the default contrastive evaluator when the
+config has no ``evals`` section.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
-
-from mmie.evaluate.embed import embed_in_batches, two_tower_embedders
+from mmie.evaluate.context import EvalContext, embed_in_batches
+from mmie.evaluate.probe import knn_accuracy, knn_predict, linear_probe
+from mmie.evaluate.registry import EVALUATORS, build_from_specs, check_evals_config
+from mmie.evaluate.representation import (alignment, effective_rank, modality_gap,
+                                          representation_metrics, uniformity)
 from mmie.evaluate.retrieval import retrieval_metrics
+from mmie.evaluate.text_metrics import bleu, perplexity
 from mmie.evaluate.zeroshot import class_embeddings, zeroshot_metrics
 
 Evaluator = Callable[[Any], dict[str, float]]
 
 
-def build_contrastive_evaluator(config: Any, model: Any) -> Evaluator:
-  """Retrieval and zero-shot accuracy on the config's evaluation split.
-
-  The split is loaded and tokenised once; each call only embeds it with the given params.
-  """
-  from mmie.data import pipeline  # Deferred: evaluation without data needs no tfds import.
-
+def _default_specs(config: Any) -> dict[str, dict[str, Any]]:
+  """The evaluators ``config.eval``'s switches ask for, under the one prefix ``eval/``."""
   eval_config = config.get("eval", {})
-  batch_size = int(eval_config.get("batch_size", 256))
-  split = pipeline.load_eval_split(config.data)
-  prompts = None
-  if eval_config.get("zeroshot", True):
-    prompts = pipeline.encode_prompts(config.data, split["class_names"],
-                                      config.data.prompt_templates)
+  specs = {}
+  for kind in ("retrieval", "zeroshot", "representation"):
+    if eval_config.get(kind, True):
+      specs[kind] = {"type": kind, "prefix": "eval/"}
+  return specs
+
+
+def build_contrastive_evaluator(config: Any, model: Any, *,
+                                context: EvalContext | None = None) -> Evaluator:
+  """Retrieval, zero-shot and representation diagnostics on the config's evaluation split.
+
+  One function, metrics named ``eval/...``; ``config.eval.retrieval`` / ``.zeroshot`` /
+  ``.representation`` (default True) switch each part. A split without class labels skips
+  zero-shot. The split is loaded and tokenised once; each call only embeds it.
+  """
+  ctx = context or EvalContext(config, model)
+  specs = _default_specs(config)
+  if "zeroshot" in specs:
+    split = ctx.split(config.data.get("eval_split", "validation"))
+    if not split.get("class_names") or (split["label"] < 0).any():
+      del specs["zeroshot"]
+  parts = build_from_specs(specs, config, ctx)
 
   def evaluate(params: Any) -> dict[str, float]:
-    embed_images, embed_texts = two_tower_embedders(model, params)
-    image_emb = embed_in_batches(embed_images, split["image"], batch_size)
     metrics: dict[str, float] = {}
-    if eval_config.get("retrieval", True):
-      text_emb = embed_in_batches(embed_texts, split["text"], batch_size)
-      metrics.update(retrieval_metrics(image_emb, text_emb, split.get("text_image_ids")))
-    if prompts is not None:
-      c, t, length = prompts.shape
-      prompt_emb = embed_in_batches(embed_texts, prompts.reshape(c * t, length), batch_size)
-      metrics.update(zeroshot_metrics(image_emb, class_embeddings(prompt_emb.reshape(c, t, -1)),
-                                      split["label"]))
-    return {f"eval/{k}": v for k, v in metrics.items()}
+    for _, _, part in parts:
+      metrics.update(part(params))
+    return metrics
 
-  evaluate.chance = chance_levels(split)  # type: ignore[attr-defined]
+  evaluate.chance = {k: v for _, _, part in parts  # type: ignore[attr-defined]
+                     for k, v in part.chance.items()}
   return evaluate
 
 
-def chance_levels(split: dict) -> dict[str, float]:
-  """What a random model scores, to read the metrics against."""
-  n = len(split["image"])
-  n_classes = len(split["class_names"])
-  counts = np.bincount(split["label"], minlength=n_classes)
-  return {
-      "recall@1": 100.0 / n, "recall@5": 500.0 / n, "recall@10": 1000.0 / n,
-      "zeroshot_top1": 100.0 / n_classes,
-      "zeroshot_majority_class": float(100.0 * counts.max() / n),
-  }
+def build_evaluators(config: Any, model: Any, *,
+                     context: EvalContext | None = None) -> list[tuple[str, int, Evaluator]]:
+  """``[(name, every, evaluate)]``: ``config.evals`` if present, else the default evaluator.
+
+  ``every`` is in steps; 0 means only at the end of training. Evaluators of one run share a
+  context, so those on the same step embed the split once.
+  """
+  ctx = context or EvalContext(config, model)
+  evals = config.get("evals", None)
+  if evals:
+    return build_from_specs(evals, config, ctx)
+  return [("eval", int(config.get("eval_every", 0)),
+           build_contrastive_evaluator(config, model, context=ctx))]
 
 
-__all__ = ["Evaluator", "build_contrastive_evaluator", "chance_levels", "class_embeddings",
-           "embed_in_batches", "retrieval_metrics", "zeroshot_metrics"]
+__all__ = [
+    "EVALUATORS", "EvalContext", "Evaluator", "alignment", "bleu", "build_contrastive_evaluator",
+    "build_evaluators", "check_evals_config", "class_embeddings", "effective_rank",
+    "embed_in_batches", "knn_accuracy", "knn_predict", "linear_probe", "modality_gap",
+    "perplexity", "representation_metrics", "retrieval_metrics", "uniformity",
+    "zeroshot_metrics",
+]

@@ -178,7 +178,25 @@ def _build_two_tower(model_config: Any) -> nn.Module:
       param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
 
 
-MODELS: dict[str, Callable[[Any], nn.Module]] = {"two_tower": _build_two_tower}
+def _build_fusion(model_config: Any) -> nn.Module:
+  from mmie.models import fusion  # fusion builds on this module's tower builders.
+  return fusion.build_fusion_model(model_config)
+
+
+def _build_seq2seq(model_config: Any) -> nn.Module:
+  from mmie.models import seq2seq
+  return seq2seq.build_seq2seq(model_config)
+
+
+def _build_lm(model_config: Any) -> nn.Module:
+  from mmie.models import seq2seq
+  return seq2seq.build_lm(model_config)
+
+
+MODELS: dict[str, Callable[[Any], nn.Module]] = {
+    "two_tower": _build_two_tower, "fusion": _build_fusion, "seq2seq": _build_seq2seq,
+    "lm": _build_lm,
+}
 
 
 def build_model(model_config: Any) -> nn.Module:

@@ -306,3 +306,27 @@ def feed(model: Any, params: Any, state: dict[str, Any], tokens: Array, *,
   logits, mutated = model.apply(variables, tokens, *(state[name] for name in context),
                                 method=method, mutable=["cache"])
   return logits, {**state, "cache": _to_decoding_layout(mutated["cache"], tokens.shape[0])}
+
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+def generate(step_fn: StepFn, state: Any, prefix: Array, *, strategy: str = "greedy",
+             max_length: int, eos_id: int, pad_id: int = 0, rng: Array | None = None,
+             beam_size: int = 4, alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, repetition_penalty: float = 1.0,
+             no_repeat_ngram_size: int = 0) -> Array:
+  """One entry point for configs: tokens [B, max_length] by ``strategy`` (beam: the best)."""
+  processors = dict(repetition_penalty=repetition_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size)
+  common = dict(max_length=max_length, eos_id=eos_id, pad_id=pad_id, **processors)
+  if strategy == "greedy":
+    return greedy(step_fn, state, prefix, **common)
+  if strategy == "sample":
+    if rng is None:
+      raise ValueError("generate: strategy='sample' needs rng (a PRNG key).")
+    return sample(step_fn, state, prefix, rng, temperature=temperature, top_k=top_k,
+                  top_p=top_p, **common)
+  if strategy == "beam":
+    return beam_search(step_fn, state, prefix, beam_size=beam_size, alpha=alpha, **common)[0][:, 0]
+  raise ValueError(f"generate: strategy={strategy!r} is not known; choose one of {STRATEGIES}.")

@@ -326,18 +326,23 @@ class FusionModel(nn.Module):
     return {**{k: out[k] for k in keys}, "itm_logits": itm}
 
 
-# config.model keys of name='fusion' -> (allowed types, default); towers as for 'two_tower'.
-FUSION_MODEL_KEYS = {
-    key: builder.MODEL_KEYS[key] for key in (
-        "name", "embed_dim", "logit_scale_init", "logit_scale_max", "dtype", "param_dtype",
-        "remat", "scan_layers", "image", "text")}
-FUSION_MODEL_KEYS["fusion"] = ((Mapping, ml_collections.ConfigDict), builder.REQUIRED)
-FUSION_KEYS = {
-    "kind": ((str,), builder.REQUIRED), "depth": ((int,), builder.REQUIRED),
-    "num_heads": ((int,), builder.REQUIRED), "mlp_dim": ((int,), builder.REQUIRED),
-    "num_kv_heads": ((int, type(None)), None), "activation": ((str,), "gelu"),
-    "layer_norm_eps": ((int, float), 1e-5), "dropout_rate": ((int, float), 0.0),
-}
+def fusion_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+  """(config.model keys, config.model.fusion keys) -> (allowed types, default).
+
+  A function, not constants, so that ``builder`` may import this module at its top (the
+  schemas need ``builder``'s finished attributes; the import cycle then resolves lazily).
+  """
+  model_keys = {key: builder.MODEL_KEYS[key] for key in (
+      "name", "embed_dim", "logit_scale_init", "logit_scale_max", "dtype", "param_dtype",
+      "remat", "scan_layers", "image", "text")}
+  model_keys["fusion"] = ((Mapping, ml_collections.ConfigDict), builder.REQUIRED)
+  fusion_keys = {
+      "kind": ((str,), builder.REQUIRED), "depth": ((int,), builder.REQUIRED),
+      "num_heads": ((int,), builder.REQUIRED), "mlp_dim": ((int,), builder.REQUIRED),
+      "num_kv_heads": ((int, type(None)), None), "activation": ((str,), "gelu"),
+      "layer_norm_eps": ((int, float), 1e-5), "dropout_rate": ((int, float), 0.0),
+  }
+  return model_keys, fusion_keys
 
 
 def _token_tower(section: Any, model: Mapping[str, Any], where: str) -> tuple[nn.Module, str]:
@@ -359,8 +364,9 @@ def _token_tower(section: Any, model: Mapping[str, Any], where: str) -> tuple[nn
 
 def build_fusion_model(model_config: Any) -> FusionModel:
   """``config.model`` with name='fusion' -> ``FusionModel`` (see docs/models.md, Fusion)."""
-  model = builder.resolve_keys(model_config, FUSION_MODEL_KEYS, "model")
-  f = builder.resolve_keys(model["fusion"], FUSION_KEYS, "model.fusion")
+  model_keys, fusion_keys = fusion_schemas()
+  model = builder.resolve_keys(model_config, model_keys, "model")
+  f = builder.resolve_keys(model["fusion"], fusion_keys, "model.fusion")
   if f["kind"] not in FUSIONS:
     raise ValueError(f"model.fusion.kind={f['kind']!r} is not known; choose one of "
                      f"{sorted(FUSIONS)}.")

@@ -5,7 +5,8 @@ share one token embedding between input and (tied) output, and accept ``decode=T
 (``model.clone(decode=True)``) for autoregressive use: the self-attention keys/values and the
 position counter then live in the ``cache`` collection and each call consumes the next
 token(s). ``lm_step_fn`` / ``translation_step_fn`` wrap a model into the
-``step_fn(tokens, state)`` interface of ``mmie.models.decoding``.
+``step_fn(tokens, state)`` interface of ``mmie.models.decoding``; each model's ``generate``
+method runs a whole search inside ``model.apply`` (the protocol of the BLEU evaluator).
 
 Limitations: prompts in one batch share a length (no ragged left padding); the decoder's
 cross-attention recomputes the encoder keys/values at every step (correct, O(source length)
@@ -165,6 +166,8 @@ class _TransformerCommon(nn.Module):
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
   remat: bool = False
   scan_layers: bool = False
   decode: bool = False
@@ -250,6 +253,18 @@ class Seq2SeqTransformer(_TransformerCommon):
     return self.decoder_logits(target_in, encoded, self.source_valid(source, source_mask),
                                train=train)
 
+  def generate(self, source: Array, source_mask: Array | None = None, *, max_length: int,
+               **options: Any) -> Array:
+    """Translations [B, max_length] (BOS first, PAD after EOS) of ``source``, by
+    ``decoding.generate`` (``strategy='greedy'`` unless ``options`` say otherwise); for
+    ``model.apply({'params': p}, source, max_length=..., method=model.generate)``."""
+    model = self.clone(parent=None)
+    step_fn, state = translation_decoder(model, self.variables["params"], source, source_mask,
+                                         max_length=max_length)
+    prefix = jnp.full((source.shape[0], 1), self.bos_id, jnp.int32)
+    return decoding.generate(step_fn, state, prefix, max_length=max_length, eos_id=self.eos_id,
+                             pad_id=self.pad_id, **options)
+
 
 class DecoderLM(_TransformerCommon):
   """GPT-style causal language model: embeddings, causal blocks, final LayerNorm, logits."""
@@ -268,6 +283,15 @@ class DecoderLM(_TransformerCommon):
                                       x, mask, not train)
     x = layers.layer_norm("final_norm", self.layer_norm_eps, self.dtype, self.param_dtype)(x)
     return _output_logits(self, embed, x, self.tie_embeddings)
+
+  def generate(self, prompt: Array, *, max_length: int, **options: Any) -> Array:
+    """Continuations [B, max_length] of ``prompt`` [B, P] (included), by ``decoding.generate``:
+    ``model.apply({'params': p}, prompt, max_length=32, method=model.generate,
+    strategy='sample', rng=key, top_p=0.9)``."""
+    step_fn, state = lm_decoder(self.clone(parent=None), self.variables["params"], prompt,
+                                max_length=max_length)
+    return decoding.generate(step_fn, state, prompt, max_length=max_length, eos_id=self.eos_id,
+                             pad_id=self.pad_id, **options)
 
 
 def lm_decoder(model: DecoderLM, params: Any, prompt: Array, *,
@@ -306,27 +330,32 @@ def _check_max_length(model: _TransformerCommon, max_length: int) -> None:
                      f"{model.context_length} (its positions and cache are sized by it).")
 
 
-_COMMON_KEYS = {
-    "name": (_STR, builder.REQUIRED), "vocab_size": (_INT, builder.REQUIRED),
-    "width": (_INT, builder.REQUIRED), "num_heads": (_INT, builder.REQUIRED),
-    "mlp_dim": (_INT, builder.REQUIRED), "context_length": (_INT, builder.REQUIRED),
-    "num_kv_heads": ((int, type(None)), None), "positions": (_STR, "learned"),
-    "rope_base": (_FLOAT, 10_000.0), "activation": (_STR, "gelu"), "norm": (_STR, "pre"),
-    "layer_norm_eps": (_FLOAT, 1e-5), "dropout_rate": (_FLOAT, 0.0),
-    "tie_embeddings": ((bool,), True), "pad_id": (_INT, 0), "remat": ((bool,), False),
-    "scan_layers": ((bool,), False), "dtype": (_STR, "float32"),
-    "param_dtype": (_STR, "float32"),
-}
-SEQ2SEQ_KEYS = {**_COMMON_KEYS, "encoder_depth": (_INT, builder.REQUIRED),
-                "decoder_depth": (_INT, builder.REQUIRED)}
-LM_KEYS = {**_COMMON_KEYS, "depth": (_INT, builder.REQUIRED)}
+def schema(name: str) -> dict[str, Any]:
+  """config.model keys of 'seq2seq' or 'lm' -> (allowed types, default). A function so that
+  ``builder`` may import this module at its top (see ``fusion.fusion_schemas``)."""
+  required = builder.REQUIRED
+  common = {
+      "name": (_STR, required), "vocab_size": (_INT, required), "width": (_INT, required),
+      "num_heads": (_INT, required), "mlp_dim": (_INT, required),
+      "context_length": (_INT, required), "num_kv_heads": ((int, type(None)), None),
+      "positions": (_STR, "learned"), "rope_base": (_FLOAT, 10_000.0),
+      "activation": (_STR, "gelu"), "norm": (_STR, "pre"), "layer_norm_eps": (_FLOAT, 1e-5),
+      "dropout_rate": (_FLOAT, 0.0), "tie_embeddings": ((bool,), True), "pad_id": (_INT, 0),
+      "bos_id": (_INT, 1), "eos_id": (_INT, 2), "remat": ((bool,), False),
+      "scan_layers": ((bool,), False), "dtype": (_STR, "float32"),
+      "param_dtype": (_STR, "float32"),
+  }
+  if name == "seq2seq":
+    return {**common, "encoder_depth": (_INT, required), "decoder_depth": (_INT, required)}
+  return {**common, "depth": (_INT, required)}
 
 
 def _common_kwargs(c: dict[str, Any]) -> dict[str, Any]:
   positions_lib.check_position_kind(c["positions"], where="model")
   kwargs = {k: c[k] for k in ("vocab_size", "width", "num_heads", "mlp_dim", "context_length",
                               "num_kv_heads", "positions", "activation", "norm",
-                              "tie_embeddings", "pad_id", "remat", "scan_layers")}
+                              "tie_embeddings", "pad_id", "bos_id", "eos_id", "remat",
+                              "scan_layers")}
   kwargs.update(rope_base=float(c["rope_base"]), layer_norm_eps=float(c["layer_norm_eps"]),
                 dropout_rate=float(c["dropout_rate"]),
                 dtype=builder.parse_dtype(c["dtype"], "model.dtype"),
@@ -338,12 +367,12 @@ def _common_kwargs(c: dict[str, Any]) -> dict[str, Any]:
 
 def build_seq2seq(model_config: Any) -> Seq2SeqTransformer:
   """``config.model`` with name='seq2seq' -> ``Seq2SeqTransformer`` (docs/models.md)."""
-  c = builder.resolve_keys(model_config, SEQ2SEQ_KEYS, "model")
+  c = builder.resolve_keys(model_config, schema("seq2seq"), "model")
   return Seq2SeqTransformer(encoder_depth=c["encoder_depth"], decoder_depth=c["decoder_depth"],
                             **_common_kwargs(c))
 
 
 def build_lm(model_config: Any) -> DecoderLM:
   """``config.model`` with name='lm' -> ``DecoderLM`` (docs/models.md)."""
-  c = builder.resolve_keys(model_config, LM_KEYS, "model")
+  c = builder.resolve_keys(model_config, schema("lm"), "model")
   return DecoderLM(depth=c["depth"], **_common_kwargs(c))

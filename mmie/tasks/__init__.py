@@ -1,11 +1,11 @@
 """Tasks by name: the explicit registry the config's ``task`` key resolves through."""
 
 from mmie.config import ConfigError
-from mmie.tasks import contrastive
+from mmie.tasks import contrastive, lm, matching, seq2seq
 from mmie.tasks.base import Task, check_batch
 
 TASKS: dict[str, Task] = {
-    contrastive.TASK.name: contrastive.TASK,
+    task.name: task for task in (contrastive.TASK, matching.TASK, seq2seq.TASK, lm.TASK)
 }
 
 

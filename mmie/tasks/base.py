@@ -5,8 +5,20 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import numpy as np
 
 Forward = Callable[..., dict[str, jax.Array]]
+
+
+def image_text_example(config: Any, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like an image-text batch of the config's data."""
+  size = config.data.image_size
+  return {"image": np.zeros((batch_size, size, size, 3), np.float32),
+          "text": np.zeros((batch_size, config.data.context_length), np.int32)}
+
+
+def image_text_init_args(batch: Mapping[str, Any]) -> tuple[Any, ...]:
+  return batch["image"], batch["text"]
 
 
 class Task(NamedTuple):
@@ -21,6 +33,10 @@ class Task(NamedTuple):
   name: str
   forward: Forward
   batch_keys: tuple[str, ...]
+  # Zeros shaped like one batch (for init, loss-state init and AOT compiles), and which of
+  # its arrays ``model.init`` takes, in order.
+  example_batch: Callable[[Any, int], dict[str, np.ndarray]] = image_text_example
+  init_args: Callable[[Mapping[str, Any]], tuple[Any, ...]] = image_text_init_args
 
 
 def check_batch(task: Task, batch: Mapping[str, Any]) -> None:

@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-Forward = Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]
+# forward(params, batch, micro_index): the index decorrelates each micro-batch's randomness.
+Forward = Callable[[Any, Mapping[str, jax.Array], jax.Array], dict[str, jax.Array]]
 LossApply = Callable[[dict[str, jax.Array], Any], tuple[jax.Array, dict, Any]]
 
 
@@ -33,9 +34,9 @@ def _split(batch: Mapping[str, jax.Array], k: int) -> dict[str, jax.Array]:
 
 
 def whole(params: Any, batch: Mapping[str, jax.Array], loss_state: Any, forward: Forward,
-          loss_apply: LossApply):
+          loss_apply: LossApply, index: Any = 0):
   def loss_fn(p):
-    value, metrics, new_state = loss_apply(forward(p, batch), loss_state)
+    value, metrics, new_state = loss_apply(forward(p, batch, index), loss_state)
     return value, (metrics, new_state)
   (value, (metrics, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return value, metrics, new_state, grads
@@ -45,13 +46,15 @@ def mean(params: Any, batch: Mapping[str, jax.Array], loss_state: Any, forward: 
          loss_apply: LossApply, k: int):
   micro = _split(batch, k)
 
-  def body(carry, mb):
+  def body(carry, xs):
+    index, mb = xs
     grads_sum, state = carry
-    value, metrics, state, grads = whole(params, mb, state, forward, loss_apply)
+    value, metrics, state, grads = whole(params, mb, state, forward, loss_apply, index)
     return (jax.tree.map(jnp.add, grads_sum, grads), state), (value, metrics)
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  (grads, new_state), (values, metrics) = jax.lax.scan(body, (zeros, loss_state), micro)
+  (grads, new_state), (values, metrics) = jax.lax.scan(body, (zeros, loss_state),
+                                                       (jnp.arange(k), micro))
   grads = jax.tree.map(lambda g: g / k, grads)
   return values.mean(), jax.tree.map(jnp.mean, metrics), new_state, grads
 
@@ -66,7 +69,8 @@ def gradcache(params: Any, batch: Mapping[str, jax.Array], loss_state: Any, forw
   micro_size = next(iter(micro.values())).shape[1]
 
   # 1. Embed every micro-batch, no activations kept.
-  cached = jax.lax.map(lambda mb: forward(params, mb), micro)  # Leaves: [k, ...].
+  indices = jnp.arange(k)
+  cached = jax.lax.map(lambda xs: forward(params, xs[1], xs[0]), (indices, micro))
   batched = {n: _is_batched(x[0], micro_size) for n, x in cached.items()}
   inputs = {n: x.reshape((-1,) + x.shape[2:]) if batched[n] else x[0]
             for n, x in cached.items()}
@@ -86,11 +90,11 @@ def gradcache(params: Any, batch: Mapping[str, jax.Array], loss_state: Any, forw
                 for n, d in d_inputs.items()}
 
   def body(grads_sum, xs):
-    mb, cot = xs
-    _, vjp = jax.vjp(lambda p: forward(p, mb), params)
+    index, mb, cot = xs  # The same index as the embedding pass: the same dropout masks.
+    _, vjp = jax.vjp(lambda p: forward(p, mb, index), params)
     (grads,) = vjp(cot)
     return jax.tree.map(jnp.add, grads_sum, grads), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  grads, _ = jax.lax.scan(body, zeros, (micro, cotangents))
+  grads, _ = jax.lax.scan(body, zeros, (indices, micro, cotangents))
   return value, metrics, new_state, grads

@@ -16,6 +16,9 @@ exact for any backend; temporaries depend on the backend's fusion and layouts, s
 an estimate for TPU/GPU. The mesh comes from ``--mesh`` (``data=8,fsdp=8``) or, when the config
 has one, ``config.mesh``; ``--mesh`` exists because a locked config cannot gain a ``mesh`` key
 on the command line.
+
+JAX is imported inside the functions, never at module level, so that the command can set the
+device count before anything could start a JAX backend.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable
 
 def _make_plots(s: "_Session", state: Any) -> None:
   """Plots of the finished run into workdir/plots (process 0 only); never fails the run."""
-  if jax.process_index() != 0 or not s.config.get("eval", {}).get("plots", True):
+  if (jax.process_index() != 0 or not s.config.get("eval", {}).get("plots", True)
+      or not hasattr(s.run.model, "encode_image")):  # The plots are of image-text models.
     return
   from mmie.insight.plots import make_run_plots
   try:
@@ -178,7 +179,7 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
     state = setup.enter_stage(s.run, state, stage_run)
     print(f"Stage {stage.index + 1}/{len(s.run.stages)} '{stage.name}':"
           f" steps {stage.start + 1}-{stage.end}.", flush=True)
-  step_fn = setup.jit_train_step(s.run, stage_run)
+  step_fn, cost = _compile_step(s, stage_run, state)
   progress = Progress(config.total_steps, config.batch_size, step)
   first = step
   while step < stage.end:
@@ -191,7 +192,7 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
       jax.block_until_ready(state.step)
       progress.restart_clock(step)
     if step % config.log_every == 0 or step == config.total_steps:
-      _log_train(s, step, metrics, writer, progress, state)
+      _log_train(s, step, metrics, writer, progress, state, cost)
     evaluated = False
     for name, every, evaluate in s.evaluators:
       if (every and step % every == 0) or step == config.total_steps:
@@ -214,10 +215,25 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
   return state, step, final
 
 
+def _compile_step(s: _Session, stage_run: setup.StageRun, state: Any):
+  """Compiles the stage's step once, ahead of time, and reads its cost for MFU logging."""
+  from mmie.insight.profiling import compile_with_cost
+
+  jitted = setup.jit_train_step(s.run, stage_run)
+  batch = setup.to_global(s.run, setup.example_batch(s.config,
+                                                     s.config.batch_size // jax.process_count()))
+  compiled, cost = compile_with_cost(jitted, state, batch, config=s.config, mesh=s.run.mesh)
+  print(f"Compiled the train step in {cost.compile_seconds:.1f}s:"
+        f" {cost.flops / 1e9:.2f} GFLOP per step on {cost.num_devices} device(s).", flush=True)
+  return compiled, cost
+
+
 def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
-               progress: Progress, state: Any) -> None:
+               progress: Progress, state: Any, cost: Any = None) -> None:
   host = _host_metrics(metrics)
-  _, host["examples_per_second"] = progress.rates(step)
+  steps_per_second, host["examples_per_second"] = progress.rates(step)
+  if cost is not None:
+    host.update(cost.metrics(1.0 / steps_per_second if steps_per_second > 0 else None))
   writer.write(step, host)
   if jax.process_index() == 0:
     progress.report(step, host["loss"])

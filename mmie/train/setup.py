@@ -60,17 +60,14 @@ def _resolve(section: str, builder: Any, section_config: Any) -> Any:
 
 
 def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like one batch of the config's data, for initialisation and AOT compiles."""
-  size = config.data.image_size
-  return {
-      "image": np.zeros((batch_size, size, size, 3), np.float32),
-      "text": np.zeros((batch_size, config.data.context_length), np.int32),
-  }
+  """Zeros shaped like one batch of the config's task, for initialisation and AOT compiles."""
+  return get_task(config.task).example_batch(config, batch_size)
 
 
 def _init_variables(model: Any, config: Any, rng: jax.Array) -> Any:
-  batch = example_batch(config, 1)
-  return model.init({"params": rng}, jnp.asarray(batch["image"]), jnp.asarray(batch["text"]))
+  task = get_task(config.task)
+  batch = {k: jnp.asarray(v) for k, v in task.example_batch(config, 1).items()}
+  return model.init({"params": rng}, *task.init_args(batch))
 
 
 def build_run(config: Any, mesh: Mesh | None = None) -> Run:
@@ -202,4 +199,6 @@ def jit_train_step(run: Run, stage_run: StageRun) -> Any:
 
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-  return sharding.global_batch(local_batch, run.mesh)
+  """This host's batch as global arrays; keys the task does not read stay on the host."""
+  wanted = run.task.example_batch(run.config, 1).keys()
+  return sharding.global_batch({k: v for k, v in local_batch.items() if k in wanted}, run.mesh)

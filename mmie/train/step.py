@@ -59,8 +59,9 @@ def make_train_step(task: Task, loss: Any, schedule: optax.Schedule | None = Non
     freeze = lambda p: p if trainable is None else jax.tree.map(
         lambda t, x: x if t else jax.lax.stop_gradient(x), trainable, p)
     momentum = {} if state.ema_params is None else {"ema_params": state.ema_params}
-    forward = lambda p, b: task.forward(state.apply_fn, freeze(p), b, rng=model_rng,
-                                        train=True, **momentum)
+    forward = lambda p, b, i: task.forward(state.apply_fn, freeze(p), b,
+                                           rng=jax.random.fold_in(model_rng, i), train=True,
+                                           **momentum)
     loss_apply = lambda inputs, ls: loss.apply(inputs, ls, step=state.step, rng=loss_rng)
     value, metrics, loss_state, grads = gradients(state.params, batch, state.loss_state,
                                                   forward, loss_apply)

@@ -81,12 +81,14 @@ def _sample(table, prefix, rng, *, max_length, options=()):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_exhaustive_beam_ranks_like_brute_force(seed, alpha):
   # 3 steps, 3 content tokens: at most 9 alive x 4 useful tokens = 36 candidates, so a beam of
-  # 36 keeps every hypothesis and must reproduce the exhaustive ranking exactly.
+  # 36 keeps every hypothesis and its 36 finished ones must be the brute-force top 36 of all
+  # 40 continuations, in order (long ones included: they test the state reordering).
   table, steps = _toy_table(seed), 3
   seqs, scores = _beam(jnp.asarray(table), jnp.full((1, 1), BOS), beam_size=36,
                        max_length=1 + steps, alpha=alpha)
   expected = _brute_force(table, BOS, steps, alpha)
-  for rank in range(5):
+  assert len(expected) == 40
+  for rank in range(36):
     want_score, want_seq = expected[rank]
     got = tuple(int(t) for t in np.asarray(seqs[0, rank, 1:]) if t != PAD)
     assert got == want_seq, (rank, got, want_seq)
@@ -233,6 +235,12 @@ def test_bad_arguments_fail_clearly():
   with pytest.raises(ValueError, match="top_p=1.5"):
     decoding.sample(step_fn, _initial_state(1), prefix, jax.random.key(0), max_length=5,
                     eos_id=EOS, top_p=1.5)
+  with pytest.raises(ValueError, match="strategy='topk' is not known"):
+    decoding.generate(step_fn, _initial_state(1), prefix, strategy="topk", max_length=5,
+                      eos_id=EOS)
+  with pytest.raises(ValueError, match="needs rng"):
+    decoding.generate(step_fn, _initial_state(1), prefix, strategy="sample", max_length=5,
+                      eos_id=EOS)
   with pytest.raises(ValueError, match="beam_size=0"):
     decoding.beam_search(step_fn, _initial_state(1), prefix, beam_size=0, max_length=5,
                          eos_id=EOS)

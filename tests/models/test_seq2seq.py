@@ -13,31 +13,42 @@ from mmie.models import seq2seq
 from mmie.models import unbox
 
 VOCAB, LENGTH, BOS, EOS, PAD = 13, 10, 1, 2, 0
-LM_VARIANTS = {
-    "learned": dict(positions="learned"),
-    "rope_gqa_scan": dict(positions="rope", num_kv_heads=1, scan_layers=True),
-}
+def _random_params(model, *args, seed=0):
+  """Random parameters from the model's shapes alone (``eval_shape``: no init compile);
+  LayerNorm scales near 1, everything else N(0, 0.2^2), so every weight and bias matters."""
+  shapes = unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    noise = rng.normal(size=s.shape).astype(s.dtype)
+    return 1.0 + 0.1 * noise if str(path[-1].key) == "scale" else 0.2 * noise
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _tokens(shape, seed):
   return jnp.asarray(np.random.default_rng(seed).integers(3, VOCAB, shape), jnp.int32)
 
 
-@pytest.fixture(scope="module", params=sorted(LM_VARIANTS))
-def lm(request):
+@pytest.fixture(scope="module")
+def lm():
+  """Learned positions (the cache's position counter), grouped-query attention and scanned
+  layers (the [layers, batch, ...] cache that beams must reorder on its batch axis)."""
   model = seq2seq.DecoderLM(vocab_size=VOCAB, width=16, num_heads=2, mlp_dim=32,
-                            context_length=LENGTH, depth=2, **LM_VARIANTS[request.param])
-  params = unbox(jax.jit(model.init)(jax.random.key(0), _tokens((1, LENGTH), 0))["params"])
+                            context_length=LENGTH, depth=2, positions="learned", num_kv_heads=1,
+                            scan_layers=True)
+  params = _random_params(model, _tokens((1, LENGTH), 0))
   return model, params, jax.jit(model.apply)
 
 
 @pytest.fixture(scope="module")
 def translator():
+  """Rotary positions (offset from the attention cache), unrolled layers, untied logits."""
   model = seq2seq.Seq2SeqTransformer(vocab_size=VOCAB, width=16, num_heads=2, mlp_dim=32,
                                      context_length=LENGTH, encoder_depth=1, decoder_depth=2,
-                                     tie_embeddings=False)
+                                     positions="rope", tie_embeddings=False)
   source, target = _tokens((3, 7), 1), _tokens((3, LENGTH), 2)
-  params = unbox(jax.jit(model.init)(jax.random.key(1), source, target)["params"])
+  params = _random_params(model, source, target, seed=1)
   return model, params, jax.jit(model.apply)
 
 
@@ -71,8 +82,8 @@ def test_lm_never_sees_the_future(lm):
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _lm_greedy_and_beam1(model, params, prompt, max_length, _):
-  greedy = decoding.greedy(*seq2seq.lm_decoder(model, params, prompt, max_length=max_length),
-                           prompt, max_length=max_length, eos_id=EOS)
+  greedy = model.apply({"params": params}, prompt, max_length=max_length,
+                       method=model.generate)  # strategy='greedy' by default.
   beams, _ = decoding.beam_search(
       *seq2seq.lm_decoder(model, params, prompt, max_length=max_length), prompt, beam_size=1,
       max_length=max_length, eos_id=EOS, alpha=0.0)
@@ -124,10 +135,13 @@ def test_translation_beam_scores_equal_teacher_forced_log_probs(translator):
   @jax.jit
   def search(params, source):
     step_fn, state = seq2seq.translation_decoder(model, params, source, max_length=LENGTH)
+    best = model.apply({"params": params}, source, max_length=LENGTH, method=model.generate,
+                       strategy="beam", beam_size=beam_size, alpha=alpha)
     return decoding.beam_search(step_fn, state, prefix, beam_size=beam_size,
-                                max_length=LENGTH, eos_id=EOS, alpha=alpha)
+                                max_length=LENGTH, eos_id=EOS, alpha=alpha), best
 
-  seqs, scores = search(params, source)
+  (seqs, scores), best = search(params, source)
+  np.testing.assert_array_equal(best, seqs[:, 0])
   assert np.all(np.diff(np.asarray(scores), axis=1) <= 1e-6)  # Best first.
   log_probs = jax.nn.log_softmax(apply({"params": params}, jnp.repeat(source, beam_size, 0),
                                        seqs.reshape(-1, LENGTH)), -1)
@@ -154,4 +168,5 @@ def test_builders_check_keys():
   with pytest.raises(ValueError, match="positions='alibi' is not known"):
     seq2seq.build_lm({**base, "positions": "alibi"})
   with pytest.raises(ValueError, match="encoder_depth is required"):
-    seq2seq.build_seq2seq({**base, "name": "seq2seq"})
+    seq2seq.build_seq2seq({**{k: v for k, v in base.items() if k != "depth"},
+                           "name": "seq2seq", "decoder_depth": 1})

@@ -58,6 +58,18 @@ def test_report_counts_and_table(report):
   assert any(line.startswith("main ") for line in table.splitlines())
 
 
+def test_lists_big_parameters_left_whole():
+  """Two heads do not split over model=4, so the attention kernels stay whole (shapes only)."""
+  from mmie import sharding
+  from mmie.train import setup
+  run = setup.build_run(_tiny(), mesh=sharding.make_mesh({"data": 2, "model": 4}))
+  names = [name for name, _ in aot._replicated_params(run, top=100)]
+  assert "image/encoder/layer_0/attention/query/kernel" in names
+  assert not any("mlp/fc1/kernel" in n for n in names)  # mlp_dim 64 splits over 4.
+  run = setup.build_run(_tiny(), mesh=sharding.make_mesh({"data": 8}))
+  assert aot._replicated_params(run) == []  # Nothing could split them: nothing to report.
+
+
 def test_bad_requests_fail_before_compiling():
   with pytest.raises(ConfigError, match="this process has 8 CPU devices"):
     aot.aot_compile(_tiny(), {"data": 16}, 16)
@@ -106,11 +118,13 @@ def test_cli_refuses_conflicting_device_count():
   assert "already sets --xla_force_host_platform_device_count=4 but --devices=8" in result.stderr
 
 
-@pytest.mark.slow
-def test_cli_prints_table():
-  """The command sets up its own fake devices (this subprocess has no conftest)."""
-  result = _cli("--config=configs/clip.py:tiny", "--mesh=data=2,fsdp=4",
-                "--config.batch_size=32")
+def test_cli_prints_table(report):
+  """The command sets up its own fake devices (this subprocess has no conftest). It compiles
+  the program the ``report`` fixture compiled, so the shared persistent cache serves it."""
+  cache = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
+  result = _cli("--config=configs/clip.py:tiny", "--mesh=data=2,fsdp=4", env_extra=cache)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "AOT train step on 8 fake CPU devices, mesh data=2 fsdp=4 model=1" in result.stdout
-  assert "global batch 32 (4 per data x fsdp shard)" in result.stdout
+  assert "global batch 16 (2 per data x fsdp shard)" in result.stdout
+  (line,) = [l for l in result.stdout.splitlines() if l.startswith("main ")]
+  assert len(line.split()) == 1 + len(aot._COLUMNS) + 2  # Every column has a number.

@@ -97,7 +97,7 @@ def test_from_config_and_chain():
   tx = optax.chain(balance.from_config(spec), optax.sgd(1.0))
   grads = _grads(10.0, 1.0)
   params = jax.tree.map(np.zeros_like, grads)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   expected, _ = _numpy_balance(grads, 0.5, 2.0)
   np.testing.assert_allclose(updates["text"]["w"], -expected["text"]["w"], rtol=1e-5)
   assert balance.from_config(None) is None
@@ -124,3 +124,45 @@ def test_groups_checked_against_params():
     unused.init(grads)
   with pytest.raises(ConfigError, match="train.balance_modalities.scale"):
     balance.from_config({"groups": GROUPS, "scale": 2.0})
+
+
+def _tiny_with_balance(groups):
+  from configs import clip
+  from mmie import config as config_lib
+  cfg = clip.get_config("tiny")
+  # Plain SGD at a constant rate: Adam-style optimizers cancel a constant gradient scale, so
+  # SGD is where the balancing is visible in a single update.
+  cfg.optimizer.name, cfg.optimizer.momentum = "sgd", 0.0
+  cfg.optimizer.warmup_steps, cfg.optimizer.schedule = 0, "constant"
+  cfg.train = ml_collections.ConfigDict({"balance_modalities": {"groups": groups,
+                                                                "max_scale": 3.0}})
+  return config_lib.validate(cfg)
+
+
+def test_wired_into_the_stage_optimizer():
+  """config.train.balance_modalities reaches the stage's optimizer, before clipping, and is
+  checked against the real parameter names of the tiny CLIP model."""
+  from mmie import sharding
+  from mmie.train import setup
+
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  run = setup.build_run(_tiny_with_balance(GROUPS), mesh=mesh)
+  tx = setup.build_stage(run, run.stages[0]).tx
+  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), run.abstract_params)
+  grads = jax.tree.map(lambda p: np.ones(p.shape, p.dtype), run.abstract_params)
+  grads["image"] = jax.tree.map(lambda g: g * 100.0, grads["image"])
+  grads["image_projection"] = jax.tree.map(lambda g: g * 100.0, grads["image_projection"])
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  size = lambda keys: sum(int(np.size(x)) for k in keys for x in jax.tree.leaves(grads[k]))
+  n_image = 100.0 * np.sqrt(size(("image", "image_projection")))
+  n_text = np.sqrt(size(("text", "text_projection")))
+  mean = (n_image + n_text) / 2
+  s_image, s_text = np.clip(mean / n_image, 0.5, 3.0), np.clip(mean / n_text, 0.5, 3.0)
+  # Clipping and the learning rate scale every update alike; the ratio is the balancing's.
+  ratio = float(updates["text"]["ln_final"]["scale"][0] / updates["image"]["ln_post"]["scale"][0])
+  assert ratio == pytest.approx(s_text / (100.0 * s_image), rel=1e-5)
+  np.testing.assert_allclose(updates["logit_scale"] / updates["text"]["ln_final"]["scale"][0],
+                             1.0 / s_text, rtol=1e-5)  # Ungrouped: unscaled.
+  run = setup.build_run(_tiny_with_balance({**GROUPS, "audio": r"audio/.*"}), mesh=mesh)
+  with pytest.raises(ConfigError, match=r"\['audio'\] match no parameter"):
+    setup.build_stage(run, run.stages[0])

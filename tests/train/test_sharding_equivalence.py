@@ -1,10 +1,10 @@
 """Sharding changes where the numbers live, not what they are.
 
 The same tiny CLIP run (same initial state, same batches) on meshes (data=8), (data=2, fsdp=4)
-and (data=2, model=4) of the 8 fake CPU devices must end, after a few optimizer steps, with
-the params of the run on one device. Each mesh costs one compile: the initial state is made
-once on one device and placed into each mesh's shardings; a separate test checks that
-initialising directly into the sharded layout gives the same numbers.
+and (data=2, model=4) of the 8 fake CPU devices must have the losses and gradient norms of
+the run on one device at every step, and end with its params. Each mesh costs one compile:
+the initial state is made once on one device and placed into each mesh's shardings; a
+separate test checks that initialising directly into the sharded layout gives the same numbers.
 """
 
 import jax
@@ -60,11 +60,11 @@ def _train(config, mesh, host_leaves):
   stage_run = setup.build_stage(run, run.stages[0])
   state = _place(host_leaves, setup.abstract_state(run, stage_run))
   step_fn = setup.jit_train_step(run, stage_run)
-  losses = []
+  history = []
   for batch in _batches(config):
     state, metrics = step_fn(state, setup.to_global(run, batch))
-    losses.append(float(metrics["loss"]))
-  return state, losses
+    history.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+  return state, np.asarray(history)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def reference():
   init = setup.init_state(run, stage_run)
   host_leaves = jax.device_get(jax.tree.leaves(init))
   initial_params = _flat(init.params)
-  state, losses = _train(config, mesh, host_leaves)
-  return config, host_leaves, initial_params, _flat(state.params), losses
+  state, history = _train(config, mesh, host_leaves)
+  return config, host_leaves, initial_params, _flat(state.params), history
 
 
 def _specs(state):
@@ -88,14 +88,18 @@ def _specs(state):
 
 @pytest.mark.parametrize("name", list(MESHES))
 def test_sharded_run_matches_single_device(reference, name):
-  config, host_leaves, initial, expected, expected_losses = reference
-  state, losses = _train(config, sharding.make_mesh(MESHES[name]), host_leaves)
+  config, host_leaves, initial, expected, expected_history = reference
+  state, history = _train(config, sharding.make_mesh(MESHES[name]), host_leaves)
+  # Losses and gradient norms first: AdamW after clipping is blind to a gradient scaled by a
+  # constant (a sum instead of a mean over shards), the gradient norm is not.
+  np.testing.assert_allclose(history, expected_history, rtol=1e-5, err_msg="(loss, grad_norm)")
   got = _flat(state.params)
   assert got.keys() == expected.keys()
+  # Adam divides by sqrt(v) + 1e-6, which turns float noise in near-zero gradients into
+  # differences of a few 1e-6 in the params (measured: <= 6e-6 on these meshes).
   for key in expected:
-    np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5,
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=3e-5,
                                err_msg=f"{name}: {key}")
-  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
   changed = [k for k in expected if not np.allclose(expected[k], initial[k], atol=1e-6)]
   assert len(changed) > len(expected) // 2, "the reference run barely trained; test is vacuous"
 

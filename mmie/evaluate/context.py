@@ -1,0 +1,117 @@
+"""What the evaluators of one run share: loaded splits, compiled embedders, cached embeddings.
+
+Several evaluators on the same schedule (retrieval, zero-shot, diagnostics) read the same
+embeddings; the context computes them once per parameter object and split, and compiles each
+embedder once per run, not once per evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+SplitLoader = Callable[[str], dict[str, Any]]
+PromptEncoder = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+Decoder = Callable[[Sequence[int]], str]
+
+
+def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+  """Applies ``embed_fn`` over ``inputs`` in batches; returns L2-normalised float32 rows.
+
+  The last batch is padded to ``batch_size`` so only one shape is ever compiled; pass an
+  already-jitted ``embed_fn`` (wrapping it here would recompile it at every call).
+  """
+  if batch_size < 1:
+    raise ValueError(f"embed_in_batches: batch_size={batch_size} must be >= 1.")
+  n = inputs.shape[0]
+  outputs = []
+  for start in range(0, n, batch_size):
+    chunk = inputs[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)], axis=0)
+    outputs.append(np.asarray(embed_fn(chunk))[:batch_size - pad])
+  emb = np.concatenate(outputs, axis=0).astype(np.float32)
+  return emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+
+
+def _pipeline_loaders(config: Any) -> tuple[SplitLoader, PromptEncoder, Decoder]:
+  from mmie.data import pipeline  # Deferred: building evaluators for fakes needs no tfds.
+
+  load = lambda split: pipeline.load_eval_split(config.data, split)
+  prompts = lambda names, templates: pipeline.encode_prompts(config.data, names, templates)
+  decode = lambda ids: pipeline.tokenizer_for(config.data).decode(ids)
+  return load, prompts, decode
+
+
+class EvalContext:
+  """Shared state of a run's evaluators (see module docstring).
+
+  ``load_split(name)``, ``encode_prompts(class_names, templates)`` and ``decode(ids)`` default
+  to the data pipeline's; tests pass their own.
+  """
+
+  def __init__(self, config: Any, model: Any, *, load_split: SplitLoader | None = None,
+               encode_prompts: PromptEncoder | None = None, decode: Decoder | None = None):
+    self.config = config
+    self.model = model
+    if load_split is None or encode_prompts is None or decode is None:
+      default_load, default_prompts, default_decode = _pipeline_loaders(config)
+      load_split = load_split or default_load
+      encode_prompts = encode_prompts or default_prompts
+      decode = decode or default_decode
+    self._load_split = load_split
+    self._encode_prompts = encode_prompts
+    self.decode = decode
+    self._splits: dict[str, dict[str, Any]] = {}
+    self._prompts: dict[tuple, np.ndarray] = {}
+    self._embedders: dict[str, Callable] = {}
+    self._params: Any = None
+    self._embeddings: dict[tuple, np.ndarray] = {}
+
+  def split(self, name: str) -> dict[str, Any]:
+    """The named split as numpy arrays (loaded once)."""
+    if name not in self._splits:
+      self._splits[name] = self._load_split(name)
+    return self._splits[name]
+
+  def prompts(self, class_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """Tokenised zero-shot prompts, int [C, T, L] (tokenised once)."""
+    key = (tuple(class_names), tuple(templates))
+    if key not in self._prompts:
+      self._prompts[key] = np.asarray(self._encode_prompts(list(class_names), list(templates)))
+    return self._prompts[key]
+
+  def _embedder(self, kind: str) -> Callable:
+    if kind not in self._embedders:
+      method_name = {"image": "encode_image", "text": "encode_text"}[kind]
+      method = getattr(type(self.model), method_name, None)
+      if method is None:
+        raise ValueError(f"Evaluating {kind} embeddings needs a model with {method_name}();"
+                         f" {type(self.model).__name__} has none.")
+      model = self.model
+      self._embedders[kind] = jax.jit(
+          lambda params, x: model.apply({"params": params}, x, method=method))
+    return self._embedders[kind]
+
+  def embed(self, params: Any, kind: str, inputs: np.ndarray, batch_size: int,
+            cache_key: tuple | None = None) -> np.ndarray:
+    """Normalised ``kind`` ('image' or 'text') embeddings of ``inputs``, cached per params."""
+    if params is not self._params:  # New parameters: every cached embedding is stale.
+      self._params, self._embeddings = params, {}
+    key = (kind, batch_size) + (cache_key if cache_key is not None else (id(inputs),))
+    if key not in self._embeddings:
+      fn = self._embedder(kind)
+      self._embeddings[key] = embed_in_batches(lambda x: fn(params, x), inputs, batch_size)
+    return self._embeddings[key]
+
+  def split_embeddings(self, params: Any, split: str, kind: str, batch_size: int,
+                       limit: int | None = None) -> np.ndarray:
+    """Embeddings of a split's ``image`` or ``text`` column (its first ``limit`` rows)."""
+    column = self.split(split)["image" if kind == "image" else "text"]
+    if limit is not None:
+      column = column[:limit]
+    return self.embed(params, kind, column, batch_size, cache_key=(split, limit))
