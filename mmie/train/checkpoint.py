@@ -30,9 +30,9 @@ class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` with fall-back restore."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
-    self.directory = directory
+    self.directory = os.path.abspath(os.path.expanduser(directory))  # orbax needs absolute.
     self._manager = ocp.CheckpointManager(
-        directory,
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_names=("state", "data", "meta"),
     )
