@@ -102,6 +102,43 @@ class ProfilerWindow:
       self.active = False
 
 
+class WorkdirLock:
+  """Refuses a second live run in the same workdir (their metrics and checkpoints would mix).
+
+  An advisory ``flock`` on ``workdir/.lock``, held for the life of the run; the kernel drops it
+  when the process ends, even by SIGKILL, so resuming after a crash is never blocked. Only
+  process 0 takes it: the hosts of one multi-host run share the workdir.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if jax.process_index() != 0:
+      return self
+    import fcntl
+    self._file = open(self.path, "a+")
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or "unknown"
+      self._file.close()
+      raise RuntimeError(f"Another run (pid {holder}) is using the workdir"
+                         f" {os.path.dirname(self.path)}; wait for it or use another --workdir.")
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(str(os.getpid()))
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._file is not None:
+      self._file.close()  # Closing releases the lock.
+      self._file = None
+
+
 class StopSignal:
   """Turns SIGTERM (preemption) and SIGINT (Ctrl-C) into a flag the loop checks each step."""
 

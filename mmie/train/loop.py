@@ -139,6 +139,11 @@ def _make_plots(s: "_Session", state: Any) -> None:
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
   os.makedirs(workdir, exist_ok=True)
+  with hooks.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   _save_config(config, workdir)
   s = _Session(config, workdir)
   restored = s.ckpt.restore_latest(s.abstract_at)

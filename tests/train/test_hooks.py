@@ -65,3 +65,12 @@ def test_run_stops_early_and_profiles_a_window(tmp_path, capsys, monkeypatch):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f]
   assert max(steps) == 2
+
+
+def test_workdir_lock_refuses_a_second_live_run(tmp_path):
+  with hooks.WorkdirLock(str(tmp_path)):
+    with pytest.raises(RuntimeError, match=rf"Another run \(pid {os.getpid()}\) is using"):
+      with hooks.WorkdirLock(str(tmp_path)):
+        pass
+  with hooks.WorkdirLock(str(tmp_path)):  # Released on exit: the next run may start.
+    pass
