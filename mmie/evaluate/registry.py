@@ -29,6 +29,9 @@ Factory = Callable[[dict[str, Any], EvalContext], Evaluator]
 _INT, _NUM, _STR = (int,), (int, float), (str,)
 _SEQ = (list, tuple)
 _pos = lambda x: x > 0
+_KS = Field(_SEQ, check=lambda ks: len(ks) > 0 and all(
+    isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in ks),
+            allowed="a non-empty list of positive integers")
 
 
 class EvaluatorType(NamedTuple):
@@ -63,13 +66,13 @@ _FEATURES = {
 
 EVALUATORS: dict[str, EvaluatorType] = {
     "retrieval": EvaluatorType(contrastive.retrieval, {
-        "ks": (Field(_SEQ), (1, 5, 10)),
+        "ks": (_KS, (1, 5, 10)),
         "block": (Field(_INT, check=_pos, allowed="> 0"), 1024)}),
     "zeroshot": EvaluatorType(contrastive.zeroshot, {
         "templates": (Field(_SEQ, check=lambda t: len(t) > 0 and all("{}" in x for x in t),
                             allowed="a non-empty list of strings each containing '{}'"),
                       lambda c: tuple(_data(c, "prompt_templates", ("{}",)))),
-        "ks": (Field(_SEQ), (1, 5))}),
+        "ks": (_KS, (1, 5))}),
     "linear_probe": EvaluatorType(contrastive.linear_probe, {
         **_FEATURES, "l2": (Field(_NUM + _SEQ), (1e-3, 1e-2, 1e-1, 1.0))}),
     "knn": EvaluatorType(contrastive.knn, {

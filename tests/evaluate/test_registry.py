@@ -170,6 +170,7 @@ def test_bleu_evaluator_with_a_copying_model():
     ({"x": {"type": "knn", "every": -1}}, "evals.x.every=-1 is not allowed"),
     ({"x": {"type": "zeroshot", "templates": ("no slot",)}}, "evals.x.templates"),
     ({"x": 3}, "evals.x=3 must be a dict"),
+    ({"x": {"type": "retrieval", "ks": (0, 5)}}, "evals.x.ks=.* positive integers"),
 ])
 def test_bad_specs_name_the_key(evals, message):
   with pytest.raises(ConfigError, match=message):
