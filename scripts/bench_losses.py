@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
   print(f"backend: {jax.default_backend()} ({jax.device_count()} device(s)), dim {args.dim}, "
         f"chunked block_size {args.block_size}, value_and_grad in float32")
-  print(f"| head | batch | dense MiB | chunked MiB | chunked/dense | dense s | chunked s |")
-  print(f"|---|---:|---:|---:|---:|---:|---:|")
+  print("| head | batch | dense MiB | chunked MiB | chunked/dense | dense s | chunked s |")
+  print("|---|---:|---:|---:|---:|---:|---:|")
   for head in args.heads.split(","):
     for batch in (int(b) for b in args.batches.split(",")):
       row = {}

@@ -14,6 +14,7 @@ from configs import clip
 from mmie.models import fusion
 from mmie.models import layers
 from mmie.models import unbox
+from tests.model_utils import random_params
 
 WIDTH, NUM_IMAGE, NUM_TEXT = 16, 5, 6
 BLOCK = layers.BlockConfig(num_heads=2, mlp_dim=32)
@@ -28,17 +29,7 @@ def _inputs(seed=0):
   return image, text, text_valid, image_valid
 
 
-def _random_params(model, *args, seed=0):
-  """Random parameters from the model's shapes alone (``eval_shape``: no init compile);
-  LayerNorm scales near 1, everything else N(0, 0.2^2), so every weight and bias matters."""
-  shapes = unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    noise = rng.normal(size=s.shape).astype(s.dtype)
-    return 1.0 + 0.1 * noise if str(path[-1].key) == "scale" else 0.2 * noise
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+_random_params = random_params
 
 
 @pytest.fixture(scope="module", params=sorted(fusion.FUSIONS))

@@ -10,8 +10,8 @@ import pytest
 from configs import clip
 from mmie import losses
 from mmie.models import fusion
-from mmie.models import unbox
 from mmie.tasks import matching
+from tests.model_utils import random_params
 
 _sample_many = jax.jit(jax.vmap(matching.sample_hard_negatives, in_axes=(None, 0, None)))
 
@@ -62,17 +62,7 @@ def test_sampler_defaults_to_the_diagonal_and_rejects_bad_shapes():
     matching.sample_hard_negatives(jnp.zeros((1, 1)), jax.random.key(0))
 
 
-def _random_params(model, *args, seed=0):
-  """Random parameters from the model's shapes alone (``eval_shape``: no init compile);
-  LayerNorm scales near 1, everything else N(0, 0.2^2), so every weight and bias matters."""
-  shapes = unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    noise = rng.normal(size=s.shape).astype(s.dtype)
-    return 1.0 + 0.1 * noise if str(path[-1].key) == "scale" else 0.2 * noise
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+_random_params = random_params
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,12 @@ from configs import translate as translate_config
 from mmie import config as config_lib
 from mmie import losses
 from mmie.models import seq2seq
-from mmie.models import unbox
 from mmie.tasks import lm as lm_task
 from mmie.tasks import seq2seq as seq2seq_task
+from tests.model_utils import random_params
 
 
-def _random_params(model, *args, seed=0):
-  """Random parameters from the model's shapes alone (``eval_shape``: no init compile);
-  LayerNorm scales near 1, everything else N(0, 0.2^2)."""
-  shapes = unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    noise = rng.normal(size=s.shape).astype(s.dtype)
-    return 1.0 + 0.1 * noise if str(path[-1].key) == "scale" else 0.2 * noise
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+_random_params = random_params
 
 
 def test_shift_targets_by_hand():

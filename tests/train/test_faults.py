@@ -15,7 +15,6 @@ from configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.train import loop, setup
 from mmie.train.checkpoint import Checkpointer
-from mmie.train.step import make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--config=configs/clip.py:tiny", "--config.total_steps=8", "--config.checkpoint_every=1",

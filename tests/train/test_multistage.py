@@ -1,6 +1,5 @@
 """configs/multistage.py:tiny: every stage steps the optimizer, and only what its rules allow."""
 
-import os
 import re
 
 import jax
