@@ -101,7 +101,8 @@ def remat_pair():
                      ["params"])
     task, loss = get_task(cfg.task), build_loss(cfg.loss)
     key = jax.random.PRNGKey(1)
-    forward = lambda p, b, model=model: task.forward(model.apply, p, b, rng=key, train=True)
+    forward = lambda p, b, i=0, model=model: task.forward(model.apply, p, b, rng=key,
+                                                         train=True)
     loss_apply = lambda inputs, ls: loss.apply(inputs, ls, step=jnp.zeros((), jnp.int32), rng=key)
     fn = lambda p: accumulate.whole(p, batch, (), forward, loss_apply)
     value, _, _, grads = jax.jit(fn)(params)
