@@ -73,7 +73,10 @@ def test_two_processes_match_one(tmp_path):
   restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
   ckpt.close()
   assert restored.step == config.total_steps
+  # Cross-process all-reduces sum in another order than one process does. Adam divides each
+  # gradient by its own running scale, so that rounding can move a parameter whose gradient
+  # is ~0 by up to ~lr * 1e-3; hence atol 1e-5 on parameters of size ~1e-1.
   for got, want in zip(jax.tree.leaves(restored.state.params), jax.tree.leaves(expected.params)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
   # Each host checkpointed its own iterator position: host 0's is what was saved.
   assert restored.data_state
