@@ -36,6 +36,7 @@ class Run:
   abstract_params: Any   # Unboxed ShapeDtypeStructs.
   param_shardings: Any
   stages: list[stages_lib.Stage]
+  batch_keys: frozenset[str] = frozenset()  # What the task reads; other keys stay on the host.
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ def build_run(config: Any, mesh: Mesh | None = None) -> Run:
   rules = config.get("mesh_rules", None) or sharding.DEFAULT_AXIS_RULES
   param_shardings = sharding.logical_param_shardings(boxed["params"], mesh, rules)
   return Run(config, task, model, mesh, sharding.batch_sharding(mesh), unbox(boxed["params"]),
-             param_shardings, stages)
+             param_shardings, stages, frozenset(task.example_batch(config, 1)))
 
 
 def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
@@ -200,5 +201,5 @@ def jit_train_step(run: Run, stage_run: StageRun) -> Any:
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
   """This host's batch as global arrays; keys the task does not read stay on the host."""
-  wanted = run.task.example_batch(run.config, 1).keys()
-  return sharding.global_batch({k: v for k, v in local_batch.items() if k in wanted}, run.mesh)
+  return sharding.global_batch({k: v for k, v in local_batch.items() if k in run.batch_keys},
+                               run.mesh)
