@@ -17,3 +17,12 @@ _CACHE_DIR = os.environ.get(
 jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE_DIR))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Property tests: the suite is reproducible by default (the same examples on every machine,
+# so a CI failure replays locally); MMIE_HYPOTHESIS=explore draws fresh random examples on
+# every run, for hunting numerical edge cases before a change lands.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("MMIE_HYPOTHESIS", "reproducible"))
