@@ -1,5 +1,9 @@
 """Orbax checkpoints of the TrainState, the data iterator position and run metadata.
 
+Every host reads its own shard of the data, so every host's iterator position is saved: the
+``data`` item holds one JSON state per process (gathered to the primary host, which writes
+it), and each host restores its own.
+
 Each step is committed atomically by orbax (written to a temporary directory, then renamed),
 so a killed save leaves no half checkpoint behind. A checkpoint that is committed but fails to
 restore (a corrupt or truncated file) is reported and skipped in favour of the previous one.
@@ -7,6 +11,7 @@ restore (a corrupt or truncated file) is reported and skipped in favour of the p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -14,6 +19,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -22,8 +28,41 @@ log = logging.getLogger(__name__)
 class Restored(NamedTuple):
   step: int
   state: Any
-  data_state: dict
+  data_state: dict  # This process's data iterator state; {} when it cannot be resumed exactly.
   meta: dict
+  data_states: tuple[dict, ...] = ()  # Every process's, in process order.
+
+
+def _gather_json(value: dict) -> list[dict]:
+  """Every process's ``value`` (a JSON-serialisable dict), in process order, on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  payload = np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.asarray([payload.size], np.int32)))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:payload.size] = payload
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(row[:n].tobytes().decode()) for row, n in zip(rows, lengths.reshape(-1))]
+
+
+def _own_data_state(stored: dict) -> tuple[dict, tuple[dict, ...]]:
+  """(this process's state, all states) from the stored ``data`` item.
+
+  A run resumed on a different number of hosts shards the data differently, so no saved
+  position applies: the iterators start afresh (a warning says so) rather than replay or skip
+  data silently.
+  """
+  if "per_process" not in stored:  # One state for all: written by a single-process run.
+    return stored, (stored,)
+  states = tuple(stored["per_process"])
+  if len(states) != jax.process_count():
+    log.warning("The checkpoint holds the data positions of %d processes but this run has %d:"
+                " the data iterators restart from the beginning of their shards.",
+                len(states), jax.process_count())
+    return {}, states
+  return states[jax.process_index()], states
 
 
 class Checkpointer:
@@ -41,9 +80,14 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
-    """Saves asynchronously; call :meth:`wait` before relying on it being on disk."""
+    """Saves asynchronously; call :meth:`wait` before relying on it being on disk.
+
+    Collective on multi-host runs: every process calls it with its own ``data_state``.
+    """
     if step in self._manager.all_steps():
       return
+    if jax.process_count() > 1:
+      data_state = {"per_process": _gather_json(data_state)}
     self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -85,8 +129,8 @@ class Checkpointer:
         self._quarantine([s for s in steps if s > step])
         log.warning("Resumed from step %d after skipping %d unreadable checkpoint(s), moved"
                     " to %s_corrupt/ for inspection.", step, len(errors), self.directory)
-      return Restored(step, restored["state"], dict(restored["data"] or {}),
-                      dict(restored["meta"] or {}))
+      own, every = _own_data_state(dict(restored["data"] or {}))
+      return Restored(step, restored["state"], own, dict(restored["meta"] or {}), every)
     if errors:
       raise RuntimeError(
           "No checkpoint in the workdir could be restored:\n  " + "\n  ".join(errors)
