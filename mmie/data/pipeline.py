@@ -18,6 +18,9 @@ Guarantees (tested in tests/data/):
 Batches are ``{"image": float32 [b, H, W, 3], "text": int32 [b, L]}``; images are
 normalised with ``data.mean`` / ``data.std`` (default: CLIP's RGB statistics, see
 mmie/data/augment.py) and texts are ``BOS tokens EOS PAD...`` (mmie/data/tokenizer.py).
+When ``data.name`` names parallel text (mmie/data/parallel.py: ``sword``, ``pairs(...)``)
+batches are ``{"source": int32 [b, L], "target": int32 [b, L]}`` instead, with the same
+sharding, shuffling, mixing and resume guarantees.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmie.data import augment, sources, tokenizer as tokenizer_lib
+from mmie.data import augment, parallel, sources, tokenizer as tokenizer_lib
 from mmie.data.sources import config_value
 
 # Decoding PNG/JPEG in pillow releases the GIL, so a few reader threads keep up with a step.
@@ -38,11 +41,19 @@ DEFAULT_READ_THREADS = 4
 DEFAULT_CACHE_MB = 1024
 
 
+def is_parallel_text(data_config: Any) -> bool:
+  """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
+  return parallel.is_parallel(config_value(data_config, "name", ""))
+
+
 def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
   """``data.tokenizer`` (a tokenizer.json or HF directory) if set, else the first source's own."""
   path = config_value(data_config, "tokenizer", "")
   if not path:
-    path = sources.source_for(data_config).tokenizer_path
+    if is_parallel_text(data_config):
+      path = parallel.sources_for(data_config)[0][0].tokenizer_path
+    else:
+      path = sources.source_for(data_config).tokenizer_path
   return tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias(path))
 
 
@@ -203,28 +214,81 @@ class _LoadBatch:
             "text": np.stack([o["text"] for o in out])}
 
 
-def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.MapDataset:
-  """The infinite batched MapDataset behind ``build_train_iterator`` (for benchmarks)."""
-  local_batch = _check_sharding(batch_size, process_index, process_count)
-  augmenter = _augment(data_config)
-  split = config_value(data_config, "train_split", "train")
-  terms = sources.sources_for(data_config)
-  seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
-  streams, weights, loaded = [], [], []
-  for k, ((source, weight), shuffle_seed) in enumerate(zip(terms, seeds[1:])):
-    size = len(source.records(split))
+def _index_stream(sizes_and_weights: Sequence[tuple[str, int, float]], seeds: Sequence[int], *,
+                  local_batch: int, process_index: int, process_count: int
+                  ) -> tuple[grain.MapDataset, list[int]]:
+  """Batches of ``(source id, record id)``: per-host shards, shuffled, repeated and mixed.
+
+  Each source ``(name, size, weight)`` is sharded ``process_index::process_count`` and
+  shuffled on its own, then sources interleave in proportion to weight x shard size.
+  Returns the stream and each source's shard size.
+  """
+  streams, weights, shard_sizes = [], [], []
+  for k, ((name, size, weight), shuffle_seed) in enumerate(zip(sizes_and_weights, seeds)):
     shard = grain.MapDataset.range(size)[process_index::process_count]
     if len(shard) == 0:
       raise ValueError(f"process {process_index} of {process_count} got no records of "
-                       f"{source.name!r} split {split!r} ({size} in all).")
-    loaded.append(_records_for(data_config, source, split, augmenter.crop, len(shard)))
+                       f"{name!r} ({size} in all).")
+    shard_sizes.append(len(shard))
     stream = shard.shuffle(seed=shuffle_seed).repeat(None)
     streams.append(stream.map(functools.partial(_tag, k)))
     weights.append(weight * len(shard))
   ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.map_with_index(_LoadBatch(tuple(loaded), augmenter, seeds[0]))
+  return ds.batch(local_batch, drop_remainder=True), shard_sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadPairs:
+  """A batch of (source, record index) -> ``{"source", "target"}`` token rows."""
+
+  records: tuple[Sequence[dict[str, str]], ...]
+  tokenizer: tokenizer_lib.Tokenizer
+  context_length: int
+
+  def __call__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    source_ids, record_ids = (np.asarray(a) for a in batch)
+    rows: list[Any] = [None] * len(record_ids)
+    for k, records in enumerate(self.records):
+      slots = np.flatnonzero(source_ids == k)
+      if len(slots):
+        for slot, row in zip(slots, records.__getitems__(record_ids[slots].tolist())):
+          rows[slot] = row
+    encode = lambda side: np.stack([self.tokenizer.encode_one(r[side], self.context_length)
+                                    for r in rows])
+    return {"source": encode("source"), "target": encode("target")}
+
+
+def _build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
+                            process_index: int, process_count: int) -> grain.MapDataset:
+  split = config_value(data_config, "train_split", "train")
+  terms = parallel.sources_for(data_config)
+  seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
+  records = tuple(source.records(split) for source, _ in terms)
+  ds, _ = _index_stream([(f"{s.name}:{split}", len(r), w) for (s, w), r in zip(terms, records)],
+                        seeds[1:], local_batch=local_batch, process_index=process_index,
+                        process_count=process_count)
+  return ds.map(_LoadPairs(records, tokenizer_for(data_config),
+                           int(data_config["context_length"])))
+
+
+def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> grain.MapDataset:
+  """The infinite batched MapDataset behind ``build_train_iterator`` (for benchmarks)."""
+  local_batch = _check_sharding(batch_size, process_index, process_count)
+  if is_parallel_text(data_config):
+    return _build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
+                                   process_index=process_index, process_count=process_count)
+  augmenter = _augment(data_config)
+  split = config_value(data_config, "train_split", "train")
+  terms = sources.sources_for(data_config)
+  seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
+  sizes = [(f"{source.name}:{split}", len(source.records(split)), weight)
+           for source, weight in terms]
+  ds, shard_sizes = _index_stream(sizes, seeds[1:], local_batch=local_batch,
+                                  process_index=process_index, process_count=process_count)
+  loaded = tuple(_records_for(data_config, source, split, augmenter.crop, shard_size)
+                 for (source, _), shard_size in zip(terms, shard_sizes))
+  return ds.map_with_index(_LoadBatch(loaded, augmenter, seeds[0]))
 
 
 def _tag(source_id: int, record_id: int) -> tuple[int, int]:
@@ -260,9 +324,12 @@ def load_eval_split(data_config: Any, split: str | None = None) -> dict[str, Any
   ``label`` int32 [N] (-1 without labels), ``captions`` list[str] (M), ``class_names``
   list[str]. M = N (each image's first caption) unless images have several real captions;
   then all are kept and ``text_image_ids`` int32 [M] names each caption's image.
+  Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead.
   """
-  source = sources.source_for(data_config)
   split = split or config_value(data_config, "eval_split", "validation")
+  if is_parallel_text(data_config):
+    return _load_parallel_split(data_config, split)
+  source = sources.source_for(data_config)
   records = _records_for(data_config, source, split, crop=False)
   examples = [e for start in range(0, len(records), 512)
               for e in records.get_many(range(start, min(start + 512, len(records))))]
@@ -284,6 +351,19 @@ def load_eval_split(data_config: Any, split: str | None = None) -> dict[str, Any
   if all_captions:
     out["text_image_ids"] = np.asarray(owners, np.int32)
   return out
+
+
+def _load_parallel_split(data_config: Any, split: str) -> dict[str, Any]:
+  """A pair split: ``source`` / ``target`` int32 [N, L], and the texts as ``sources`` and
+  ``references`` (what BLEU scores generations against)."""
+  records = parallel.sources_for(data_config)[0][0].records(split)
+  rows = [r for start in range(0, len(records), 1024)
+          for r in records.__getitems__(range(start, min(start + 1024, len(records))))]
+  tokenizer, length = tokenizer_for(data_config), int(data_config["context_length"])
+  return {"source": tokenizer.encode([r["source"] for r in rows], length),
+          "target": tokenizer.encode([r["target"] for r in rows], length),
+          "sources": [r["source"] for r in rows],
+          "references": [r["target"] for r in rows]}
 
 
 def encode_prompts(data_config: Any, class_names: Sequence[str],

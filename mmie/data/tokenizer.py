@@ -105,28 +105,47 @@ class Tokenizer:
     return self._encode_one(text, context_length)
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text of a row of ids, special tokens and padding dropped (for logs and tests)."""
-    specials = {self.pad_id, self.bos_id, self.eos_id}
-    return self._backend.decode([int(i) for i in ids if int(i) not in specials])
+    """Text of a row of ids up to its first EOS, special tokens and padding dropped.
+
+    Stops at EOS because a decoder's fixed-length output continues past it; the space that
+    byte-level BPE prefixes to the first word is removed.
+    """
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == self.eos_id and kept:
+        break
+      if i not in (self.pad_id, self.bos_id, self.eos_id):
+        kept.append(i)
+    return self._backend.decode(kept).strip()
 
   def save(self, path: str) -> None:
     """Writes the tokenizer as a single ``tokenizer.json`` file."""
     self._backend.save(path)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 1) -> Tokenizer:
-  """Trains a byte-level BPE (CLIP/GPT-2 style: no unknown characters) on ``texts``.
-
-  Texts are NFKC-normalised and lowercased; a space is prefixed so that a word tokenises
-  the same at the start of a caption and inside a prompt template. The vocabulary holds the
-  256 byte symbols, the 4 special tokens and at most ``vocab_size - 260`` merges: a small
-  corpus may stop earlier, so ``vocab_size`` is an upper bound.
-  """
+def check_vocab_size(vocab_size: int) -> None:
+  """Raises unless ``vocab_size`` holds the 256 byte symbols and the 4 special tokens."""
   minimum = len(SPECIAL_TOKENS) + 256
   if vocab_size < minimum:
     raise ValueError(f"vocab_size must be >= {minimum} (256 bytes + 4 specials), got {vocab_size}.")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 1,
+              lowercase: bool = True) -> Tokenizer:
+  """Trains a byte-level BPE (CLIP/GPT-2 style: no unknown characters) on ``texts``.
+
+  Texts are NFKC-normalised and lowercased (captions: case carries little; translation keeps
+  case with ``lowercase=False``, since its outputs are scored against cased references); a
+  space is prefixed so that a word tokenises the same at the start of a caption and inside a
+  prompt template. The vocabulary holds the 256 byte symbols, the 4 special tokens and at
+  most ``vocab_size - 260`` merges: a small corpus may stop earlier, so ``vocab_size`` is an
+  upper bound.
+  """
+  check_vocab_size(vocab_size)
   backend = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
-  backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+  backend.normalizer = normalizers.Sequence(
+      [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
   backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
   backend.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(

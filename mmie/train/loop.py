@@ -63,6 +63,29 @@ def _host_params(params: Any) -> Any:
   return multihost_utils.process_allgather(params, tiled=True)
 
 
+def check_vocabulary(config: Any) -> None:
+  """Stops a run whose tokenizer has more ids than the model's embedding table has rows.
+
+  An out-of-range id would not fail: XLA clamps gather indices, so those tokens would all
+  silently read the table's last row.
+  """
+  from mmie.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  model = config.get("model", {})
+  sections = {"model": model, "model.text": model.get("text", {})}
+  sized = {name: int(s["vocab_size"]) for name, s in sections.items()
+           if hasattr(s, "get") and s.get("vocab_size") is not None}
+  if not sized:
+    return
+  tokenizer = pipeline.tokenizer_for(config.data)
+  for name, rows in sized.items():
+    if tokenizer.vocab_size > rows:
+      raise config_lib.ConfigError(
+          f"Config key {name}.vocab_size={rows} is smaller than the tokenizer's "
+          f"{tokenizer.vocab_size} ids ({tokenizer.source}); set "
+          f"--config.{name}.vocab_size={tokenizer.vocab_size} or larger.")
+
+
 class _Session:
   """The mutable parts of one invocation of the loop, kept together."""
 
@@ -82,6 +105,7 @@ class _Session:
     self.stage_runs: dict[int, setup.StageRun] = {}
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=config.get("keep_checkpoints", 2))
+    check_vocabulary(config)
     self.data_iter = pipeline.build_train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
