@@ -7,6 +7,7 @@ the module's own parameter shapes.
 """
 
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -108,9 +109,6 @@ def _hf_clip_config(model: dict[str, Any], image: dict[str, Any],
                 "positions, no token types")
   _export_check(text["pool"] in ("eos", "argmax"), f"text pool={text['pool']!r} (need 'eos' "
                 "or 'argmax')")
-  _export_check(text["pool"] == "argmax" or text["eos_id"] != 2,
-                "text pool='eos' with eos_id=2: HF treats eos_token_id == 2 as legacy "
-                "argmax-of-ids pooling (give end-of-text another id, ideally vocab_size - 1)")
   for tower in (image, text):
     _export_check(tower["num_kv_heads"] in (None, tower["num_heads"]),
                   "grouped-query attention is used")
@@ -131,21 +129,66 @@ def _hf_clip_config(model: dict[str, Any], image: dict[str, Any],
                        pad_token_id=1 if text["pad_id"] is None else text["pad_id"]))
 
 
-def clip_to_hf(model_config: Any, params: Params, out_dir: str) -> None:
+def _swap_token_ids(tokenizer_path: str, a: int, b: int, out_path: str) -> None:
+  """Writes the tokenizer.json at ``tokenizer_path`` with token ids ``a`` and ``b`` exchanged."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  from mmie.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  with open(tokenizer_lib.resolve_alias(tokenizer_path), encoding="utf-8") as f:
+    spec = json.load(f)
+  vocab = spec.get("model", {}).get("vocab")
+  if not isinstance(vocab, dict) or spec.get("post_processor"):
+    raise ValueError(f"clip_to_hf: cannot renumber {tokenizer_path}: only tokenizer.json files"
+                     " with a token->id vocabulary and no post-processor (as mmie trains) are"
+                     " supported.")
+  swap = {a: b, b: a}
+  spec["model"]["vocab"] = {token: swap.get(i, i) for token, i in vocab.items()}
+  for added in spec.get("added_tokens", []):
+    added["id"] = swap.get(added["id"], added["id"])
+  if sorted(spec["model"]["vocab"].values()) != sorted(vocab.values()):
+    raise ValueError(f"clip_to_hf: {tokenizer_path} has no token with id {max(a, b)}; its "
+                     "vocabulary must fill the model's text.vocab_size.")
+  with open(out_path, "w", encoding="utf-8") as f:
+    json.dump(spec, f, ensure_ascii=False)
+
+
+def clip_to_hf(model_config: Any, params: Params, out_dir: str, *,
+               tokenizer_path: str | None = None) -> None:
   """Writes our two-tower ``params`` as an HF CLIP directory (config.json +
-  flax_model.msgpack) that ``transformers.FlaxCLIPModel.from_pretrained`` loads."""
+  flax_model.msgpack, and ``tokenizer.json`` when ``tokenizer_path`` is given) that
+  ``transformers.FlaxCLIPModel.from_pretrained`` loads.
+
+  HF pools the text at the largest token id whenever ``eos_token_id == 2`` (its legacy rule
+  for old checkpoints), and mmie's tokenizers put end-of-text at id 2. Such a model is
+  exported with ids 2 and ``vocab_size - 1`` exchanged: in the token embedding, in
+  ``eos_token_id`` and in the exported tokenizer, which is therefore required. Text tokenized
+  by the exported tokenizer gives, in HF, exactly our embeddings.
+  """
   import transformers  # pylint: disable=g-import-not-at-top
 
   model = builder.resolve_keys(model_config, builder.MODEL_KEYS, "model")
   image = builder.resolve_keys(model["image"], builder.VIT_KEYS, "model.image")
-  text = builder.resolve_keys(model["text"], builder.TEXT_KEYS, "model.text")
+  text = dict(builder.resolve_keys(model["text"], builder.TEXT_KEYS, "model.text"))
+  last = text["vocab_size"] - 1
+  renumber = text["pool"] == "eos" and text["eos_id"] == 2 and last != 2
+  if renumber:
+    if tokenizer_path is None:
+      raise ValueError("clip_to_hf: end-of-text is id 2, which HF CLIP reads as legacy argmax"
+                       " pooling; pass tokenizer_path= (the run's tokenizer.json) so the export"
+                       " moves it to id vocab_size - 1 in the weights and the tokenizer alike.")
+    text["eos_id"] = last
   hf_config = transformers.CLIPConfig(**_hf_clip_config(model, image, text))
   p = jax.tree_util.tree_map(np.asarray, layers.unbox(params))
   ti, tt = p["image"], p["text"]
+  token_embedding = tt["token_embed"]["embedding"]
+  if renumber:
+    token_embedding = token_embedding.copy()
+    token_embedding[[2, last]] = token_embedding[[last, 2]]
   flat = {"logit_scale": p["logit_scale"],
           "visual_projection/kernel": p["image_projection"]["kernel"],
           "text_projection/kernel": p["text_projection"]["kernel"],
-          "text_model/embeddings/token_embedding/embedding": tt["token_embed"]["embedding"],
+          "text_model/embeddings/token_embedding/embedding": token_embedding,
           "text_model/embeddings/position_embedding/embedding": tt["pos_embed"]["embedding"],
           "vision_model/embeddings/patch_embedding/kernel": ti["patch_embed"]["kernel"],
           "vision_model/embeddings/class_embedding": ti["cls_token"],
@@ -160,3 +203,10 @@ def clip_to_hf(model_config: Any, params: Params, out_dir: str) -> None:
       flat.update(hf_mapping.block_to_hf(block, f"{prefix}/encoder/layers/{i}",
                                          hf_mapping.CLIP_BLOCK))
   hf_io.write_flax_checkpoint(flat, hf_config.to_dict(), out_dir)
+  if tokenizer_path is not None:
+    target = os.path.join(out_dir, "tokenizer.json")
+    if renumber:
+      _swap_token_ids(tokenizer_path, 2, last, target)
+    else:
+      from mmie.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+      tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias(tokenizer_path)).save(target)

@@ -106,6 +106,8 @@ class _Session:
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=config.get("keep_checkpoints", 2))
     check_vocabulary(config)
+    if jax.process_index() == 0:  # The checkpoints' token ids mean nothing without it.
+      pipeline.tokenizer_for(config.data).save(os.path.join(workdir, "tokenizer.json"))
     self.data_iter = pipeline.build_train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())

@@ -115,10 +115,36 @@ def test_clip_to_hf_round_trip(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, reloaded, params)
 
 
-def test_clip_to_hf_refuses_legacy_eos_id(tmp_path):
-  config = clip_config.get_config("tiny").model  # eos_id=2 with pool='eos'.
-  with pytest.raises(ValueError, match="eos_id=2"):
+def test_clip_to_hf_renumbers_end_of_text_id_2(tmp_path):
+  """mmie's tokenizers end text with id 2, which HF CLIP pools by argmax of ids: the export
+  swaps ids 2 and V-1 in the weights and the tokenizer, so HF on the exported tokenizer's ids
+  gives our embeddings of our ids."""
+  from mmie.data import emoji, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  config = clip_config.get_config("tiny").model  # eos_id=2 with pool='eos', vocab 1024.
+  path = os.path.join(emoji.DEFAULT_SOURCE_DIR, "tokenizer.json")
+  ours = tokenizer_lib.load_tokenizer(path)
+  assert (config.text.eos_id, ours.vocab_size) == (2, config.text.vocab_size)
+  with pytest.raises(ValueError, match="pass tokenizer_path"):
     convert.clip_to_hf(config, {}, str(tmp_path))
+  model = models.build_model(config)
+  images, tokens = models.example_inputs(config, batch_size=2)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"]
+  params = _randomise(models.unbox(shapes), 7)
+  convert.clip_to_hf(config, params, str(tmp_path), tokenizer_path=path)
+  exported = tokenizer_lib.load_tokenizer(str(tmp_path))
+  assert (exported.eos_id, exported.pad_id, exported.bos_id) == (1023, 0, 1)
+  captions = ["grinning face", "flag: Tanzania", "round pushpin", "red apple"]
+  length = config.text.context_length
+  ids_ours, ids_hf = ours.encode(captions, length), exported.encode(captions, length)
+  assert (ids_ours == 1023).any()  # "pushpin" ends in the token that takes id 2 in the export.
+  assert (ids_hf[ids_ours == 2] == 1023).all() and (ids_hf[ids_ours == 1023] == 2).all()
+  np.testing.assert_array_equal(ids_hf == ids_ours, (ids_ours != 2) & (ids_ours != 1023))
+  hf, hf_params = transformers.FlaxCLIPModel.from_pretrained(str(tmp_path), _do_init=False)
+  assert hf.config.text_config.eos_token_id == 1023
+  apply = jax.jit(model.apply, static_argnames="method")
+  _close(apply({"params": params}, ids_ours, method=model.encode_text),
+         jax.jit(hf.get_text_features)(ids_hf, params=hf_params))
 
 
 BERT_CASES = [

@@ -10,6 +10,7 @@ import pytest
 
 from configs import clip as clip_config
 from mmie import config as config_lib
+from mmie.data import emoji
 from mmie.train import loop
 
 
@@ -48,6 +49,9 @@ def test_run_writes_everything(straight_run):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["batch_size"] == 16
+  with open(os.path.join(workdir, "tokenizer.json")) as f, open(os.path.join(
+      emoji.DEFAULT_SOURCE_DIR, "tokenizer.json")) as g:
+    assert json.load(f)["model"]["vocab"] == json.load(g)["model"]["vocab"]
 
 
 def _final_params(workdir):
