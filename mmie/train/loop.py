@@ -222,7 +222,11 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
     if step == first + 1:
       jax.block_until_ready(state.step)
       progress.restart_clock(step)
-    if step % config.log_every == 0 or step == config.total_steps:
+    # 'stop' reads the skip counter every step (one host sync), so it stops at the offending
+    # step with that step's metrics; 'skip' only reports at log steps.
+    stop_now = (s.on_nonfinite == "stop"
+                and int(_local_value(metrics["nonfinite_count"])) > s.nonfinite_seen)
+    if step % config.log_every == 0 or step == config.total_steps or stop_now:
       _log_train(s, step, metrics, writer, progress, state, cost)
     evaluated = False
     for name, every, evaluate in s.evaluators:

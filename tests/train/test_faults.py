@@ -145,16 +145,17 @@ def test_nonfinite_update_is_skipped_and_counted():
 
 
 class _NanIterator:
-  """Stands in for the data iterator: every batch has a NaN pixel."""
+  """Stands in for the data iterator: batches from the ``nan_from``-th on have a NaN pixel."""
 
-  def __init__(self, config):
-    self.batch = setup.example_batch(config, config.batch_size)
+  def __init__(self, config, nan_from: int = 1):
+    self.clean = setup.example_batch(config, config.batch_size)
+    self.batch = {k: v.copy() for k, v in self.clean.items()}
     self.batch["image"][:, 0, 0, 0] = np.nan
-    self.position = 0
+    self.position, self.nan_from = 0, nan_from
 
   def __next__(self):
     self.position += 1
-    return self.batch
+    return self.batch if self.position >= self.nan_from else self.clean
 
   def get_state(self):
     return {"position": self.position}
@@ -167,16 +168,18 @@ def test_nonfinite_stop_policy_stops_with_the_step(tmp_path, monkeypatch):
   from mmie.data import pipeline
   cfg = clip_config.get_config("tiny")
   cfg.train = {"on_nonfinite": "stop"}
-  cfg.log_every = 1
+  cfg.log_every = 5  # Not a log step: 'stop' checks every step.
   config = config_lib.validate(cfg)
-  monkeypatch.setattr(pipeline, "build_train_iterator", lambda *a, **k: _NanIterator(config))
-  with pytest.raises(loop.NonFiniteError, match=r"1 update\(s\) skipped by step 1"):
+  monkeypatch.setattr(pipeline, "build_train_iterator",
+                      lambda *a, **k: _NanIterator(config, nan_from=2))
+  with pytest.raises(loop.NonFiniteError, match=r"1 update\(s\) skipped by step 2;"
+                                                r" last metrics \{.*'loss': nan"):
     loop.train_and_evaluate(config, str(tmp_path))
-  # The state it saved is the finite initial one.
+  # The state it saved is the finite one after step 1 (step 2's update was skipped).
   run = setup.build_run(config)
   stage_run = setup.build_stage(run, run.stages[0])
   ckpt = Checkpointer(str(tmp_path / "checkpoints"))
   restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
   ckpt.close()
-  assert restored.step == 1
+  assert restored.step == 2 and int(restored.state.nonfinite_count) == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state.params))
