@@ -159,6 +159,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDi
   for name, stage in (config.get("stages", None) or {}).items():
     if "optimizer" in stage:
       check_section(stage["optimizer"], OPTIMIZER, f"stages.{name}.optimizer.")
+  if config.get("evals", None):
+    # Deferred: the evaluator schemas live beside their implementations (and import JAX).
+    from mmie.evaluate.registry import check_evals_config  # pylint: disable=g-import-not-at-top
+    check_evals_config(config.evals)
   for name in ("log_every", "eval_every", "checkpoint_every"):
     if config[name] > config.total_steps:
       raise ConfigError(

@@ -84,3 +84,11 @@ def test_cli_rejects_impossible_value(tmp_path):
                  "--config.optimizer.learning_rate=-1.0")
   assert result.returncode == 2
   assert "optimizer.learning_rate=-1.0 is not allowed" in result.stderr
+
+
+def test_bad_evaluator_spec_is_caught_by_validate(cfg):
+  cfg.evals = {"val": {"type": "retrieval", "ks": (1, 5), "every": 2, "blokc": 64}}
+  with pytest.raises(config_lib.ConfigError, match="Unknown config key evals.val.blokc"):
+    config_lib.validate(cfg)
+  cfg.evals = {"val": {"type": "retrieval", "every": 2}}
+  assert config_lib.validate(cfg).evals.val.every == 2
