@@ -59,9 +59,21 @@ def _add_positions(module: nn.Module, x: Array, kind: str, context_length: int,
 
 
 def _embed(module: nn.Module, vocab_size: int, width: int) -> nn.Embed:
+  """The (shared) token table, initialised N(0, 1/width) as in Vaswani et al. (2017).
+
+  Inputs read it through ``_embed_tokens`` (times sqrt(width): unit scale per dimension, the
+  scale of sinusoidal positions, which would otherwise drown the tokens), and tied output
+  logits through ``attend``, where 1/sqrt(width) rows keep initial logits at unit scale.
+  """
   return nn.Embed(vocab_size, width, dtype=module.dtype, param_dtype=module.param_dtype,
                   name="token_embed", embedding_init=layers.partitioned(
-                      nn.initializers.normal(0.02), ("vocab", "embed")))
+                      nn.initializers.normal(width ** -0.5), ("vocab", "embed")))
+
+
+def _embed_tokens(embed: nn.Embed, tokens: Array) -> Array:
+  """Token embeddings scaled by sqrt(width) (Vaswani et al. 2017, section 3.4)."""
+  x = embed(tokens)
+  return x * jnp.asarray(embed.features ** 0.5, x.dtype)
 
 
 def _output_logits(module: nn.Module, embed: nn.Embed, x: Array, tie: bool) -> Array:
@@ -224,7 +236,7 @@ class Seq2SeqTransformer(_TransformerCommon):
              train: bool = False) -> Array:
     """[B, S] source tokens -> [B, S, width] encoder states (padding hidden from attention)."""
     valid = self.source_valid(source, source_mask)
-    x = self.token_embed(source)
+    x = _embed_tokens(self.token_embed, source)
     positions_lib.check_position_kind(self.positions, where="seq2seq")
     if self.positions != "rope":
       length = source.shape[1]
@@ -241,7 +253,8 @@ class Seq2SeqTransformer(_TransformerCommon):
   def decoder_logits(self, target_in: Array, encoded: Array, source_valid: Array, *,
                      train: bool = False) -> Array:
     """Decoder inputs [B, T] (BOS-shifted targets) + encoder states -> float32 logits."""
-    x = self.decoder(self.token_embed(target_in), encoded, source_valid, not train)
+    x = self.decoder(_embed_tokens(self.token_embed, target_in), encoded, source_valid,
+                     not train)
     if self.tie_embeddings:
       return self.token_embed.attend(x).astype(jnp.float32)
     return self.logits_dense(x).astype(jnp.float32)
@@ -275,7 +288,8 @@ class DecoderLM(_TransformerCommon):
   def __call__(self, tokens: Array, *, train: bool = False) -> Array:
     """[B, T] tokens -> float32 logits [B, T, vocab]; position t sees tokens 0..t only."""
     embed = _embed(self, self.vocab_size, self.width)
-    x = _add_positions(self, embed(tokens), self.positions, self.context_length, self.decode)
+    x = _add_positions(self, _embed_tokens(embed, tokens), self.positions, self.context_length,
+                       self.decode)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     mask = None if self.decode else layers.causal_mask(tokens.shape[1])
     x = layers.TransformerEncoder(self.depth, self.block_config(self.decode), remat=self.remat,
