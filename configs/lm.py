@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.evals = ml_collections.ConfigDict({
-      "lm": {"type": "perplexity", "every": config.eval_every, "prefix": "eval/"}})
+      "lm": {"type": "perplexity", "prefix": "eval/"}})  # every: eval_every.
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.random_flip = False
   config.data.augment.random_resized_crop = False

@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_split = "validation"
 
   config.evals = ml_collections.ConfigDict({
-      "bleu": {"type": "bleu", "every": config.eval_every, "prefix": "eval/",
+      "bleu": {"type": "bleu", "prefix": "eval/",  # every: eval_every (overrides follow).
                "batch_size": 16 if tiny else 128}})
 
   return config
