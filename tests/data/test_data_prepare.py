@@ -202,3 +202,18 @@ def test_idx_header_errors_are_explained(tmp_path):
   (tmp_path / "bad.idx").write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
   with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
     readers.read_idx(str(tmp_path / "bad.idx"))
+
+
+@pytest.mark.skipif(not os.path.isdir(sources.FASHION_MNIST_DIR),
+                    reason="apt-get install dataset-fashion-mnist (.ci/run does)")
+def test_real_fashion_mnist_from_debian():
+  """Debian's IDX files through our reader: sizes, balance and the first labels as published
+  (Xiao et al. 2017; the first ten training labels are 9 0 0 3 0 2 7 2 5 5)."""
+  plan = sources.fashion_mnist()
+  root = plan.reader.path
+  train = readers.read_idx(os.path.join(root, "train-labels-idx1-ubyte.gz"))
+  np.testing.assert_array_equal(train[:10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])
+  np.testing.assert_array_equal(np.bincount(train), [6000] * 10)
+  images = readers.read_idx(os.path.join(root, "t10k-images-idx3-ubyte.gz"))
+  assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+  assert sources.FASHION_MNIST_CLASSES[train[0]] == "ankle boot"
