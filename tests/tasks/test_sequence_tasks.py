@@ -1,7 +1,9 @@
 """Seq2seq and LM tasks: target shifting and masks by hand, the configs' tiny presets build and
 validate, and a few optimizer steps through task.forward + cross_entropy learn a copy task."""
 
+import importlib.util
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +121,11 @@ def test_translation_trains_and_scores_bleu_end_to_end(tmp_path):
   logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
   assert any("eval/bleu" in row for row in logged)
   assert any(row.get("step") == config.total_steps and "loss" in row for row in logged)
+  # scripts/translate.py restores the run (config.json, tokenizer.json, checkpoint) and decodes.
+  spec = importlib.util.spec_from_file_location("translate_script", os.path.join(
+      os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts", "translate.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  outputs = script.translate(str(tmp_path / "run"), ["number 3", "number 4", "number 5"],
+                             batch_size=2, strategy="beam", beam_size=2)
+  assert len(outputs) == 3 and all(isinstance(o, str) for o in outputs)
