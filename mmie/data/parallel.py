@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from mmie.data import sword as sword_lib, tokenizer as tokenizer_lib
+from mmie.data import sources, sword as sword_lib, tokenizer as tokenizer_lib
 from mmie.registry import Registry, parse_call
 
 SWORD_MODULES = {  # Debian: apt-get install sword-text-kjv sword-text-sparv
@@ -94,7 +94,8 @@ class _Records(Sequence):
   def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
     return json.loads(self._source[index])
 
-  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, str]]:
+  def get_many(self, indices: Sequence[int]) -> list[dict[str, str]]:
+    """Records at ``indices`` in one batched read (the pipeline's ``_Records`` protocol)."""
     return [json.loads(r) for r in self._source.__getitems__(list(indices))]
 
 
@@ -173,18 +174,12 @@ PAIR_SOURCES.register("pairs", pairs)
 
 def is_parallel(spec: str) -> bool:
   """Whether the data call-string ``spec`` names a pair source (not an image-text one)."""
-  from mmie.data import sources  # pylint: disable=g-import-not-at-top
-
   names = {parse_call(term).name for term, _ in sources.parse_mixture(spec)}
   kinds = {name in PAIR_SOURCES for name in names}
   if len(kinds) > 1:
     raise ValueError(f"config.data.name {spec!r} mixes parallel-text sources "
                      f"({', '.join(PAIR_SOURCES)}) with image-text ones; use one kind.")
   return kinds == {True}
-
-
-def _bucket(group: str) -> float:
-  return int(hashlib.sha256(group.encode("utf-8")).hexdigest()[:8], 16) / 2**32
 
 
 def _clean(text: str) -> str:
@@ -224,7 +219,7 @@ def prepare(plan: PairPlan, out_dir: str) -> dict[str, Any]:
         skipped[reason].append(f"pair {index} (group {group}): {source[:80]!r}")
       continue
     seen.add(source)
-    split = "validation" if _bucket(group) < plan.validation_fraction else "train"
+    split = "validation" if sources.group_bucket(group) < plan.validation_fraction else "train"
     splits[split].append({"source": source, "target": target, "group": group})
   counts.update({f"kept_{s}": len(rows) for s, rows in splits.items()})
   if not splits["train"] or not splits["validation"]:
@@ -268,8 +263,6 @@ def _build(term: str, data_dir: str) -> ParallelSource:
 
 def sources_for(data_config: Any) -> list[tuple[ParallelSource, float]]:
   """Every (pair source, weight) of ``data_config.name``, prepared on first use."""
-  from mmie.data import sources  # pylint: disable=g-import-not-at-top
-
   data_dir = sources.resolve_data_dir(data_config)
   spec = sources.config_value(data_config, "name", "")
   return [(_build(term, data_dir), weight) for term, weight in sources.parse_mixture(spec)]

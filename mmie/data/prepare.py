@@ -26,7 +26,7 @@ import shutil
 import sys
 from typing import Any
 
-from mmie.data import prepared, tokenizer as tokenizer_lib, validate
+from mmie.data import prepared, sources, tokenizer as tokenizer_lib, validate
 
 REPORT_FILE = "report.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -34,8 +34,7 @@ LISTED_PER_REASON = 20  # Printed; report.json lists them all.
 
 
 def _bucket(record: dict[str, Any]) -> float:
-  """A uniform number in [0, 1) from the record's group: its split never depends on others."""
-  return int(hashlib.sha256(record["group"].encode("utf-8")).hexdigest()[:8], 16) / 2**32
+  return sources.group_bucket(record["group"])
 
 
 def _split_of(record: dict[str, Any], validation_fraction: float) -> str:

@@ -75,6 +75,12 @@ def config_value(data_config: Any, key: str, default: Any = None) -> Any:
   return default if value is None else value
 
 
+def group_bucket(group: str) -> float:
+  """A uniform number in [0, 1) from a group name, for splitting: a record's split depends on
+  its group alone, never on the rest of the data, so adding data never moves old records."""
+  return int(hashlib.sha256(group.encode("utf-8")).hexdigest()[:8], 16) / 2**32
+
+
 def resolve_data_dir(data_config: Any) -> str:
   """Where prepared TFDS data lives: config.data.data_dir, else $MMIE_DATA_DIR, else ~/.cache."""
   data_dir = config_value(data_config, "data_dir", "") or os.environ.get("MMIE_DATA_DIR", "")

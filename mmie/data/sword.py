@@ -129,11 +129,11 @@ def versification(path: str) -> str:
 
 def parallel_verses(source: str, target: str) -> list[tuple[str, str, str]]:
   """``(chapter, source text, target text)`` for every slot where both modules have text."""
-  if slot_counts(source) != slot_counts(target) or versification(source) != versification(target):
+  layouts = [(versification(path), slot_counts(path)) for path in (source, target)]
+  if layouts[0] != layouts[1]:
     raise ValueError(
-        f"{source} ({versification(source)}, slots {slot_counts(source)}) and {target} "
-        f"({versification(target)}, slots {slot_counts(target)}) use different "
-        "versifications, so their verses do not align slot by slot.")
+        f"{source} {layouts[0]} and {target} {layouts[1]} (versification, slots per "
+        "testament) use different versifications, so their verses do not align slot by slot.")
   pairs = []
   for a, b in zip(read_module(source), read_module(target)):
     if a.text and b.text:

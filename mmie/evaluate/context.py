@@ -7,6 +7,7 @@ embedder once per run, not once per evaluation.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,7 +44,8 @@ def _pipeline_loaders(config: Any) -> tuple[SplitLoader, PromptEncoder, Decoder]
 
   load = lambda split: pipeline.load_eval_split(config.data, split)
   prompts = lambda names, templates: pipeline.encode_prompts(config.data, names, templates)
-  decode = lambda ids: pipeline.tokenizer_for(config.data).decode(ids)
+  tokenizer = functools.cache(lambda: pipeline.tokenizer_for(config.data))  # Once, not per row.
+  decode = lambda ids: tokenizer().decode(ids)
   return load, prompts, decode
 
 
