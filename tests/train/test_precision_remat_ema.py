@@ -15,8 +15,10 @@ from mmie.losses import build_loss
 from mmie.models import build_model, unbox
 from mmie.tasks import get_task
 from mmie.train import accumulate, setup
+from tests.tolerance import assert_trees_close, float32_sum_atol
 
 EMA_DECAY = 0.9
+REMAT_BATCH = 8
 
 
 def _batch(batch_size, seed=0):
@@ -90,7 +92,7 @@ def test_ema_is_the_decayed_average(bf16_ema_step):
 def remat_pair():
   """Loss and gradients of the same params with and without rematerialised blocks."""
   results = {}
-  batch = {k: jnp.asarray(v) for k, v in _batch(8).items()}
+  batch = {k: jnp.asarray(v) for k, v in _batch(REMAT_BATCH).items()}
   params = None
   for remat in (False, True):
     cfg = clip.get_config("tiny")
@@ -115,7 +117,10 @@ def test_remat_changes_memory_not_numbers(remat_pair):
   r_value, r_grads, r_jaxpr = remat_pair[True]
   assert "checkpoint" in r_jaxpr or "remat" in r_jaxpr
   assert "checkpoint" not in jaxpr and "remat" not in jaxpr
-  assert r_value == pytest.approx(value, rel=1e-6)
-  for (path, g), rg in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
-                           jax.tree.leaves(r_grads)):
-    np.testing.assert_allclose(rg, g, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+  # Recomputing the blocks reorders float32 sums. Each gradient entry sums over the batch,
+  # the positions and the widest layer (the MLP), so that is the term count of the rounding.
+  cfg = clip.get_config("tiny")
+  terms = REMAT_BATCH * cfg.model.text.context_length * max(cfg.model.image.mlp_dim,
+                                                            cfg.model.text.mlp_dim)
+  assert r_value == pytest.approx(value, rel=float32_sum_atol(1.0, terms))
+  assert_trees_close(r_grads, grads, terms)
