@@ -7,16 +7,15 @@ checkpoint if there is one; ``--mode=evaluate`` evaluates that checkpoint withou
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally with a preset: configs/clip.py:tiny.",
-    lock_config=True)
+from mmie import cli  # noqa: E402
+
+_CONFIG = cli.define_config_flag(
+    "config", "Experiment config file, optionally with a preset: configs/clip.py:tiny.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -50,9 +49,8 @@ def main(argv):
     else:
       loop.evaluate_checkpoint(config, _WORKDIR.value)
   except config_lib.ConfigError as e:
-    print(f"Invalid config: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.config_error_exit(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -95,9 +95,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "{} symbol",
       "{} sign",
   )
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 256
-  config.eval.retrieval = True
-  config.eval.zeroshot = True
+  # Evaluators: the contrastive task's default (retrieval, zero-shot and representation
+  # diagnostics on data.eval_split, as eval/...); see docs/evaluation.md for config.evals.
   return config

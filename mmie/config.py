@@ -1,180 +1,119 @@
-"""Config validation: one clear error naming the key, before anything is compiled.
+"""The run's config: every section's schema assembled, defaults filled, checked, frozen.
 
 Configs are Python files whose ``get_config(arg)`` returns an ``ml_collections.ConfigDict``.
-After command-line overrides, :func:`validate` checks every top-level key and the sections the
-engine owns (optimizer, eval, mesh, stages) against a schema, then freezes the config. The model,
-loss and data sections are checked by their own builders, which run before any compile too.
+:func:`fill_defaults` writes every documented key's default into it *before* command-line
+overrides apply (``mmie/cli.py`` calls it between loading and locking), so any key can be
+overridden even when the file does not set it. :func:`validate` fills, checks every section
+against its owner's schema (unknown key with the closest match, wrong type, impossible value:
+one :class:`ConfigError` naming the key) and freezes. What needs the model's parameter names
+or the registries (losses, parameter rules, evaluators, data sources) is resolved next by
+``mmie.train.setup.build_run``, still before any data is prepared or anything compiled.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
+from mmie import schema
+from mmie.data.schema import DATA
+from mmie.schema import ConfigError, Field, Section, non_negative, positive
+from mmie.train.schema import MESH, OPTIMIZER, STAGE, TRAIN
 
-class ConfigError(ValueError):
-  """A config key is unknown, has the wrong type, or an impossible value."""
+__all__ = ["ConfigError", "Field", "TOP_LEVEL", "fill_defaults", "to_dict", "validate"]
 
+_SEQ = (list, tuple)
 
-@dataclasses.dataclass(frozen=True)
-class Field:
-  """Schema of one config key: allowed types, whether it is required, and a value check."""
-
-  types: tuple[type, ...]
-  required: bool = True
-  check: Callable[[Any], bool] | None = None
-  allowed: str = ""  # Human description of the allowed values, for the error message.
-
-
-def _positive(x: Any) -> bool:
-  return x > 0
-
-
-def _non_negative(x: Any) -> bool:
-  return x >= 0
-
-
-_SECTION = (ml_collections.ConfigDict, dict)
-_SEQUENCE = (list, tuple)
-
-TOP_LEVEL: dict[str, Field] = {
+TOP_LEVEL: dict[str, Field | Section] = {
     "task": Field((str,), allowed="a task name such as 'contrastive'"),
-    "seed": Field((int,)),
-    "batch_size": Field((int,), check=_positive, allowed="a positive integer"),
-    "total_steps": Field((int,), check=_positive, allowed="a positive integer"),
-    "log_every": Field((int,), check=_positive, allowed="a positive integer"),
-    "eval_every": Field((int,), check=_non_negative, allowed="0 (never) or a positive integer"),
-    "checkpoint_every": Field(
-        (int,), check=_non_negative, allowed="0 (only at the end) or a positive integer"
-    ),
-    "keep_checkpoints": Field((int,), required=False, check=_positive, allowed=">= 1"),
-    "model": Field(_SECTION),
-    "loss": Field(_SECTION),
-    "optimizer": Field(_SECTION),
-    "data": Field(_SECTION),
-    "eval": Field(_SECTION, required=False),
-    "evals": Field(_SECTION + (type(None),), required=False,
-                   allowed="{name: {type, every, ...}}; see docs/evaluation.md"),
-    "mesh": Field(_SECTION, required=False),
-    "train": Field(_SECTION, required=False),
-    "stages": Field(_SECTION + (type(None),), required=False),
-    "stage_order": Field(_SEQUENCE, required=False, allowed="the stage names in order"),
-    "param_rules": Field(_SEQUENCE + (type(None),), required=False,
+    "seed": Field((int,), 0),
+    "batch_size": Field((int,), check=positive, allowed="a positive integer"),
+    "total_steps": Field((int,), check=positive, allowed="a positive integer"),
+    "log_every": Field((int,), 50, positive, "a positive integer"),
+    "eval_every": Field((int,), 0, non_negative, "0 (only at the end) or a positive integer"),
+    "checkpoint_every": Field((int,), 0, non_negative,
+                              "0 (only at the end) or a positive integer"),
+    "keep_checkpoints": Field((int,), 2, positive, ">= 1"),
+    "plots": Field((bool,), True),  # End-of-run plots of image-text models into workdir/plots.
+    "model": Section({}, required=True, open=True),   # mmie/models/builder.py checks it.
+    "loss": Section({}, required=True, open=True),    # mmie/losses/registry.py checks it.
+    "optimizer": Section(OPTIMIZER),
+    "data": Section(DATA),
+    "evals": Section({}, open=True),                  # mmie/evaluate/registry.py checks it.
+    "mesh": Section(MESH),
+    "train": Section(TRAIN),
+    "stages": Section({}, open=True, nullable=True),  # Each entry against STAGE, below.
+    "stage_order": Field(_SEQ + (type(None),), None, allowed="the stage names in order"),
+    "param_rules": Field(_SEQ + (type(None),), None,
                          allowed="a list of (regex, 'frozen' | lr multiplier)"),
-    "profile": Field(_SECTION + (type(None),), required=False,
-                     allowed="{peak_flops: {device kind or platform: FLOP/s}}"),
-    "init_from": Field(_SECTION + (type(None),), required=False,
-                       allowed="{parameter subtree: pretrained source}, e.g. {'text': 'minilm'}"),
-    "mesh_rules": Field(_SEQUENCE + (type(None),), required=False,
-                        allowed="a list of (logical axis, mesh axis)"),
+    "profile": Section({}, open=True, nullable=True),
+    "init_from": Section({}, open=True, nullable=True),
+    "mesh_rules": Field(_SEQ + (type(None),), None,
+                        allowed="a list of (logical axis, mesh axis or None)"),
 }
 
-TRAIN: dict[str, Field] = {
-    "on_nonfinite": Field((str,), required=False, check=lambda x: x in ("skip", "stop"),
-                          allowed="'skip' (count and go on) or 'stop'"),
-    "early_stopping": Field(_SECTION + (type(None),), required=False),
-    "profile_steps": Field(_SEQUENCE + (type(None),), required=False,
-                           allowed="None or (start, end) global steps"),
-    "ema_decay": Field((float, type(None)), required=False,
-                       check=lambda x: x is None or 0 < x < 1, allowed="None or in (0, 1)"),
-    "grad_accum_steps": Field((int,), required=False, check=_positive, allowed=">= 1"),
-    "accumulation": Field((str,), required=False, check=lambda x: x in ("mean", "gradcache"),
-                          allowed="'mean' or 'gradcache'"),
-    "balance_modalities": Field(_SECTION + (type(None),), required=False),
-}
-
-OPTIMIZER: dict[str, Field] = {
-    "name": Field((str,), check=lambda n: n in ("adamw", "sgd", "adafactor", "lion"),
-                  allowed="'adamw', 'sgd', 'adafactor' or 'lion'"),
-    "learning_rate": Field((float, int), check=_positive, allowed="a positive number"),
-    "warmup_steps": Field((int,), required=False, check=_non_negative, allowed=">= 0"),
-    "schedule": Field((str,), required=False,
-                      check=lambda s: s in ("cosine", "linear", "constant"),
-                      allowed="'cosine', 'linear' or 'constant'"),
-    "end_learning_rate_ratio": Field((float, int), required=False,
-                                     check=lambda x: 0 <= x <= 1, allowed="in [0, 1]"),
-    "weight_decay": Field((float, int), required=False, check=_non_negative, allowed=">= 0"),
-    "b1": Field((float,), required=False, check=lambda x: 0 <= x < 1, allowed="in [0, 1)"),
-    "b2": Field((float,), required=False, check=lambda x: 0 <= x < 1, allowed="in [0, 1)"),
-    "eps": Field((float,), required=False, check=_positive, allowed="> 0"),
-    "momentum": Field((float,), required=False, check=lambda x: 0 <= x < 1, allowed="in [0, 1)"),
-    "grad_clip_norm": Field((float, int, type(None)), required=False,
-                            check=lambda x: x is None or x > 0, allowed="None or > 0"),
-}
-
-EVAL: dict[str, Field] = {
-    "batch_size": Field((int,), required=False, check=_positive, allowed="a positive integer"),
-    "retrieval": Field((bool,), required=False),
-    "zeroshot": Field((bool,), required=False),
-    "representation": Field((bool,), required=False),
-    "plots": Field((bool,), required=False),
-}
+_MOVED = {"eval": "config.eval was merged into config.evals: evaluators are"
+                  " {name: {type, every, batch_size, ...}} (docs/evaluation.md); the plots"
+                  " switch is config.plots."}
 
 
-def check_section(
-    section: Mapping[str, Any], schema: Mapping[str, Field], prefix: str
-) -> None:
-  """Checks one config section against ``schema``; raises ConfigError naming the key."""
-  keys = set(section.keys())
-  unknown = sorted(keys - set(schema))
-  if unknown:
-    raise ConfigError(
-        f"Unknown config key {prefix}{unknown[0]}"
-        f" (known keys in this section: {', '.join(sorted(schema))})."
-    )
-  for key, field in schema.items():
-    name = f"{prefix}{key}"
-    if key not in keys:
-      if field.required:
-        raise ConfigError(f"Missing config key {name}.")
-      continue
-    value = section[key]
-    if isinstance(value, bool) and bool not in field.types:
-      ok_type = False  # bool is an int subclass; `batch_size=True` is a mistake.
-    else:
-      ok_type = isinstance(value, field.types)
-    if not ok_type:
-      allowed = " or ".join(t.__name__ for t in field.types)
-      raise ConfigError(f"Config key {name}={value!r} has type {type(value).__name__};"
-                        f" expected {allowed}.")
-    if field.check is not None and not field.check(value):
-      raise ConfigError(f"Config key {name}={value!r} is not allowed; expected {field.allowed}.")
+def _check_moved(config: Any) -> None:
+  for key, message in _MOVED.items():
+    if key in config:
+      raise ConfigError(message)
+
+
+def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Writes the defaults of every section (engine, data, model, evaluators) into ``config``.
+
+  In place, on an unlocked config; idempotent. The model's and the evaluators' schemas
+  depend on ``model.name`` / ``task`` and the evaluator types, so they are filled after those
+  are known; a bad name is left for :func:`validate` to report.
+  """
+  _check_moved(config)
+  schema.fill_defaults(config, TOP_LEVEL)
+  from mmie.models.builder import fill_model_defaults  # Deferred: imports flax.
+  if isinstance(config.get("model"), ml_collections.ConfigDict):
+    fill_model_defaults(config.model)
+  stages = config.get("stages") or {}
+  for stage in stages.values():
+    if isinstance(stage, ml_collections.ConfigDict) and isinstance(
+        stage.get("optimizer"), ml_collections.ConfigDict):
+      schema.fill_defaults(stage.optimizer, OPTIMIZER)
+  from mmie.evaluate.registry import fill_evals_defaults  # Deferred: imports JAX.
+  fill_evals_defaults(config)
+  return config
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-  """Validates the engine-owned parts of ``config`` and returns it frozen."""
-  check_section(config, TOP_LEVEL, "")
-  check_section(config.optimizer, OPTIMIZER, "optimizer.")
-  if "eval" in config:
-    check_section(config.eval, EVAL, "eval.")
-  if "train" in config:
-    check_section(config.train, TRAIN, "train.")
-    accum = config.train.get("grad_accum_steps", 1)
-    if config.batch_size % accum:
-      raise ConfigError(f"Config key train.grad_accum_steps={accum} must divide"
-                        f" batch_size={config.batch_size}.")
-  for name, stage in (config.get("stages", None) or {}).items():
-    if "optimizer" in stage:
-      check_section(stage["optimizer"], OPTIMIZER, f"stages.{name}.optimizer.")
-  if config.get("evals", None):
-    # Deferred: the evaluator schemas live beside their implementations (and import JAX).
-    from mmie.evaluate.registry import check_evals_config  # pylint: disable=g-import-not-at-top
-    check_evals_config(config.evals)
-  for name in ("log_every", "eval_every", "checkpoint_every"):
+  """Fills defaults, checks every section, and returns the config frozen."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    config = ml_collections.ConfigDict(config)
+  else:
+    config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=True))
+  fill_defaults(config)
+  schema.check(config, TOP_LEVEL)
+  for name, stage in (config.get("stages") or {}).items():
+    if not hasattr(stage, "keys"):
+      raise ConfigError(f"Config key stages.{name} must be a section with {sorted(STAGE)}.")
+    schema.check(stage, STAGE, f"stages.{name}.")
+  accum = config.train.grad_accum_steps
+  if config.batch_size % accum:
+    raise ConfigError(f"Config key train.grad_accum_steps={accum} must divide"
+                      f" batch_size={config.batch_size}.")
+  for name in ("eval_every", "checkpoint_every"):
     if config[name] > config.total_steps:
       raise ConfigError(
           f"Config key {name}={config[name]} exceeds total_steps={config.total_steps};"
-          f" use a value <= total_steps (or 0 where allowed)."
-      )
-  warmup = config.optimizer.get("warmup_steps", 0)
+          f" use a value <= total_steps (or 0 for only at the end).")
+  warmup = config.optimizer.warmup_steps
   if warmup >= config.total_steps:
-    raise ConfigError(
-        f"Config key optimizer.warmup_steps={warmup} must be below"
-        f" total_steps={config.total_steps}."
-    )
+    raise ConfigError(f"Config key optimizer.warmup_steps={warmup} must be below"
+                      f" total_steps={config.total_steps}.")
+  from mmie.evaluate.registry import check_evals_config  # Deferred: imports JAX.
+  check_evals_config(config.evals)
   return ml_collections.FrozenConfigDict(config)
 
 
@@ -191,3 +130,4 @@ def _plain(value: Any) -> Any:
   if isinstance(value, Sequence) and not isinstance(value, str):
     return [_plain(v) for v in value]
   return value
+

@@ -3,6 +3,7 @@ and draws everything with mmie/insight/plots.py into ``workdir/plots``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ def load_trained(workdir: str, config: Any = None) -> tuple[Any, Any, Any, int]:
   import ml_collections
 
   from mmie import config as config_lib
-  from mmie.train import setup, stages as stages_lib
+  from mmie.train import setup
   from mmie.train.checkpoint import Checkpointer
 
   if config is None:
@@ -40,18 +41,22 @@ def load_trained(workdir: str, config: Any = None) -> tuple[Any, Any, Any, int]:
     config = config_lib.validate(config)
   run = setup.build_run(config)
 
-  def abstract_at(step: int) -> Any:  # A state's structure depends on its training stage.
-    stage = stages_lib.stage_at(run.stages, step)
-    return setup.abstract_state(run, setup.build_stage(run, stage))
-
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:
-    restored = ckpt.restore_latest(abstract_at)
+  try:  # A state's structure depends on its training stage: the run's one restore target.
+    restored = ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
   finally:
     ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first.")
   return config, run.model, restored.state.params, restored.step
+
+
+def _eval_batch_size(config: Any) -> int:
+  """The first evaluator's batch size (evals.NAME.batch_size), else 256."""
+  for spec in (config.get("evals", None) or {}).values():
+    if spec.get("batch_size") is not None:
+      return int(spec["batch_size"])
+  return 256
 
 
 def display_images(images: np.ndarray, data_config: Any) -> np.ndarray:
@@ -126,7 +131,7 @@ def make_run_plots(workdir: str, config: Any, params: Any, model: Any, *,
   bad = [i for i in chosen if not 0 <= i < n]
   if bad:
     raise ValueError(f"examples {bad} are outside the {n} images of split {split_name!r}.")
-  batch = int(config.get("eval", {}).get("batch_size", 256))
+  batch = _eval_batch_size(config)
   image_emb = ctx.split_embeddings(params, split_name, "image", batch)
   text_emb = ctx.split_embeddings(params, split_name, "text", batch)
   shown = display_images(split["image"], config.data)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mmie import schema as schema_lib
 from mmie.models import layers
 from mmie.models import text as text_lib
 from mmie.models import two_towers
@@ -141,6 +142,7 @@ def _build_text(section: Any, model: dict[str, Any], where: str) -> nn.Module:
                                   **_tower_common(c, model))
 
 
+TOWER_SCHEMAS = {"vit": VIT_KEYS, "text_transformer": TEXT_KEYS}
 IMAGE_TOWERS: dict[str, Callable[[Any, dict[str, Any], str], nn.Module]] = {"vit": _build_vit}
 TEXT_TOWERS: dict[str, Callable[[Any, dict[str, Any], str], nn.Module]] = {
     "text_transformer": _build_text}
@@ -197,6 +199,40 @@ MODELS: dict[str, Callable[[Any], nn.Module]] = {
     "two_tower": _build_two_tower, "fusion": _build_fusion, "seq2seq": _build_seq2seq,
     "lm": _build_lm,
 }
+
+
+def model_schema(model_config: Any) -> dict[str, Any]:
+  """The nested schema of ``config.model`` for its ``name`` (and its towers' names).
+
+  Unknown names give an empty schema here; :func:`build_model` reports them.
+  """
+  values = _as_dict(model_config)
+  name = values.get("name")
+  if name == "two_tower" or name == "fusion":
+    if name == "two_tower":
+      keys = dict(MODEL_KEYS)
+    else:
+      from mmie.models import fusion  # pylint: disable=g-import-not-at-top
+      keys, fusion_keys = fusion.fusion_schemas()
+      keys["fusion"] = fusion_keys
+    for tower in ("image", "text"):
+      tower_name = _as_dict(values.get(tower) or {}).get("name")
+      keys[tower] = TOWER_SCHEMAS.get(tower_name, {})
+    return keys
+  if name in ("seq2seq", "lm"):
+    from mmie.models import seq2seq  # pylint: disable=g-import-not-at-top
+    return seq2seq.schema(name)
+  return {}
+
+
+def fill_model_defaults(model_config: ml_collections.ConfigDict) -> None:
+  """Writes every default of the model's schema into ``config.model`` (before locking)."""
+  keys = model_schema(model_config)
+  flat = {k: v for k, v in keys.items() if not isinstance(v, dict)}
+  schema_lib.fill_defaults(model_config, flat)
+  for key, sub in keys.items():
+    if isinstance(sub, dict) and isinstance(model_config.get(key), ml_collections.ConfigDict):
+      schema_lib.fill_defaults(model_config[key], sub)
 
 
 def build_model(model_config: Any) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -37,6 +38,10 @@ class Task(NamedTuple):
   # its arrays ``model.init`` takes, in order.
   example_batch: Callable[[Any, int], dict[str, np.ndarray]] = image_text_example
   init_args: Callable[[Mapping[str, Any]], tuple[Any, ...]] = image_text_init_args
+  # What ``data.name`` must yield: 'image_text' (images + captions) or 'parallel_text'.
+  data_kind: str = "image_text"
+  # ``config.evals`` when the config names none: {name: evaluator spec}.
+  default_evals: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 
 
 def check_batch(task: Task, batch: Mapping[str, Any]) -> None:

@@ -26,4 +26,5 @@ def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.A
   return outputs
 
 
-TASK = Task(name="contrastive", forward=forward, batch_keys=("image", "text"))
+TASK = Task(name="contrastive", forward=forward, batch_keys=("image", "text"),
+            default_evals={"eval": {"type": "contrastive", "prefix": "eval/"}})

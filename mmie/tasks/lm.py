@@ -18,8 +18,12 @@ from mmie.tasks.seq2seq import shift_targets
 
 
 def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.Array], *,
-            rng: jax.Array, train: bool) -> dict[str, jax.Array]:
-  """``DecoderLM`` logits for ``text[:, :-1]`` against ``text[:, 1:]``, padding masked."""
+            rng: jax.Array, train: bool, ema_params: Any = None) -> dict[str, jax.Array]:
+  """``DecoderLM`` logits for ``text[:, :-1]`` against ``text[:, 1:]``, padding masked.
+
+  ``ema_params`` (``train.ema_decay``: an averaged copy of the weights kept in the state) is
+  accepted and unused: no LM loss reads momentum-encoder outputs.
+  """
   inputs, targets, mask = shift_targets(batch["text"], batch.get("text_mask"))
   logits = apply_fn({"params": params}, inputs, train=train, rngs={"dropout": rng})
   return {"logits": logits, "targets": targets, "mask": mask}
@@ -30,4 +34,5 @@ def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
 
 
 TASK = Task(name="lm", forward=forward, batch_keys=("text",), example_batch=example_batch,
-            init_args=lambda batch: (batch["text"][:, :-1],))
+            init_args=lambda batch: (batch["text"][:, :-1],),
+            default_evals={"lm": {"type": "perplexity", "prefix": "eval/"}})

@@ -71,8 +71,11 @@ def _positive_mask(batch: Mapping[str, Array]) -> Array | None:
 
 
 def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.Array], *,
-            rng: jax.Array, train: bool) -> dict[str, jax.Array]:
+            rng: jax.Array, train: bool, ema_params: Any = None) -> dict[str, jax.Array]:
   """``mmie.models.fusion.FusionModel`` on a batch of pairs -> ITC and ITM loss inputs.
+
+  With ``ema_params`` (``train.ema_decay``) it also returns the momentum encoder's detached
+  ``image_emb_momentum`` / ``text_emb_momentum`` (ALBEF's momentum distillation keys).
 
   Batch: ``image`` [B, H, W, C], ``text`` [B, L]; optional ``text_mask`` [B, L] (1 = token)
   and ``pair_id`` [B] (same id = same image, so those pairs are never negatives).
@@ -89,10 +92,18 @@ def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.A
   logits = apply_fn(variables, images, texts, valid, train=train, method="match",
                     rngs={"dropout": fusion_rng})
   size = similarity.shape[0]
+  momentum = {}
+  if ema_params is not None:
+    m = apply_fn({"params": jax.lax.stop_gradient(ema_params)}, batch["image"], batch["text"],
+                 batch.get("text_mask"), train=train, method="encode",
+                 rngs={"dropout": dropout_rng})
+    momentum = {"image_emb_momentum": m["image_emb"], "text_emb_momentum": m["text_emb"]}
   targets = jnp.concatenate([jnp.ones((size,), jnp.int32), jnp.zeros((2 * size,), jnp.int32)])
   mask = jnp.concatenate([jnp.ones((size,), bool), image_ok, text_ok]).astype(jnp.float32)
   return {"image_emb": out["image_emb"], "text_emb": out["text_emb"],
-          "logit_scale": out["logit_scale"], "logits": logits, "targets": targets, "mask": mask}
+          "logit_scale": out["logit_scale"], "logits": logits, "targets": targets, "mask": mask,
+          **momentum}
 
 
-TASK = Task(name="matching", forward=forward, batch_keys=("image", "text"))
+TASK = Task(name="matching", forward=forward, batch_keys=("image", "text"),
+            default_evals={"eval": {"type": "matching", "prefix": "eval/"}})

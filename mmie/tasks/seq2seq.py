@@ -32,8 +32,11 @@ def shift_targets(tokens: jax.Array, token_mask: jax.Array | None = None
 
 
 def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.Array], *,
-            rng: jax.Array, train: bool) -> dict[str, jax.Array]:
-  """``Seq2SeqTransformer`` logits for the shifted targets -> ``logits``/``targets``/``mask``."""
+            rng: jax.Array, train: bool, ema_params: Any = None) -> dict[str, jax.Array]:
+  """``Seq2SeqTransformer`` logits for the shifted targets -> ``logits``/``targets``/``mask``.
+
+  ``ema_params`` (``train.ema_decay``) is accepted and unused, as in the LM task.
+  """
   inputs, targets, mask = shift_targets(batch["target"], batch.get("target_mask"))
   logits = apply_fn({"params": params}, batch["source"], inputs, batch.get("source_mask"),
                     train=train, rngs={"dropout": rng})
@@ -48,4 +51,6 @@ def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
 
 TASK = Task(name="seq2seq", forward=forward, batch_keys=("source", "target"),
             example_batch=example_batch,
-            init_args=lambda batch: (batch["source"], batch["target"][:, :-1]))
+            init_args=lambda batch: (batch["source"], batch["target"][:, :-1]),
+            data_kind="parallel_text",
+            default_evals={"bleu": {"type": "bleu", "prefix": "eval/"}})

@@ -34,7 +34,7 @@ class EarlyStopping:
 
   @classmethod
   def from_config(cls, spec: Mapping[str, Any] | None) -> "EarlyStopping | None":
-    if not spec:
+    if not spec or spec.get("metric") is None:  # The schema's default: no early stopping.
       return None
     spec = dict(spec)
     unknown = sorted(set(spec) - {"metric", "mode", "patience", "min_delta"})

@@ -7,6 +7,7 @@ SIGTERM (preemption) and Ctrl-C save a checkpoint and exit cleanly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ from mmie.train.checkpoint import Checkpointer
 from mmie.train.metrics_writer import MetricsWriter, Progress
 
 log = logging.getLogger(__name__)
-NONFINITE_POLICIES = ("skip", "stop")
 
 
 class NonFiniteError(FloatingPointError):
@@ -89,20 +89,16 @@ def check_vocabulary(config: Any) -> None:
 class _Session:
   """The mutable parts of one invocation of the loop, kept together."""
 
-  def __init__(self, config: Any, workdir: str):
+  def __init__(self, config: Any, workdir: str, run: setup.Run):
     from mmie.data import pipeline  # Deferred so that building a run needs no data import.
 
     self.config = config
     self.workdir = workdir
-    self.run = setup.build_run(config)
+    self.run = run
     train_config = config.get("train", {})
     self.on_nonfinite = train_config.get("on_nonfinite", "skip")
-    if self.on_nonfinite not in NONFINITE_POLICIES:
-      raise config_lib.ConfigError(f"train.on_nonfinite={self.on_nonfinite!r}; expected one"
-                                   f" of {NONFINITE_POLICIES}.")
     self.early_stopping = hooks.EarlyStopping.from_config(train_config.get("early_stopping"))
     self.profiler = hooks.ProfilerWindow(train_config.get("profile_steps", None), workdir)
-    self.stage_runs: dict[int, setup.StageRun] = {}
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=config.get("keep_checkpoints", 2))
     check_vocabulary(config)
@@ -115,13 +111,7 @@ class _Session:
     self.nonfinite_seen = 0
 
   def stage_run(self, stage: stages_lib.Stage) -> setup.StageRun:
-    if stage.index not in self.stage_runs:
-      self.stage_runs[stage.index] = setup.build_stage(self.run, stage)
-    return self.stage_runs[stage.index]
-
-  def abstract_at(self, step: int) -> Any:
-    return setup.abstract_state(self.run, self.stage_run(stages_lib.stage_at(self.run.stages,
-                                                                             step)))
+    return self.run.stage_runs[stage.index]
 
   def checkpoint(self, state: Any, step: int) -> None:
     if not _all_finite_host(state.params):
@@ -151,7 +141,7 @@ def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable
 
 def _make_plots(s: "_Session", state: Any) -> None:
   """Plots of the finished run into workdir/plots (process 0 only); never fails the run."""
-  if (jax.process_index() != 0 or not s.config.get("eval", {}).get("plots", True)
+  if (jax.process_index() != 0 or not s.config.get("plots", True)
       or not hasattr(s.run.model, "encode_image")):  # The plots are of image-text models.
     return
   from mmie.insight.plots import make_run_plots
@@ -163,16 +153,21 @@ def _make_plots(s: "_Session", state: Any) -> None:
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
+
+  The whole run is resolved first (``setup.build_run``: every stage, the data spec, the
+  evaluators), so a config mistake stops it before the workdir is created or data prepared.
+  """
+  run = setup.build_run(config)
   os.makedirs(workdir, exist_ok=True)
   with hooks.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, run)
 
 
-def _train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+def _train_and_evaluate(config: Any, workdir: str, run: setup.Run) -> dict[str, float]:
   _save_config(config, workdir)
-  s = _Session(config, workdir)
-  restored = s.ckpt.restore_latest(s.abstract_at)
+  s = _Session(config, workdir, run)
+  restored = s.ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
   if restored is None:
     stage = s.run.stages[0]
     state = setup.init_state(s.run, s.stage_run(stage))
@@ -228,12 +223,12 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
                 and int(_local_value(metrics["nonfinite_count"])) > s.nonfinite_seen)
     if step % config.log_every == 0 or step == config.total_steps or stop_now:
       _log_train(s, step, metrics, writer, progress, state, cost)
-    evaluated = False
+    fresh: dict[str, float] = {}  # Only this step's evaluations feed early stopping.
     for name, every, evaluate in s.evaluators:
       if (every and step % every == 0) or step == config.total_steps:
-        final = {**final, **_evaluate(s, state, step, writer, only=evaluate)}
-        evaluated = True
-    stop_early = evaluated and s.early_stopping is not None and s.early_stopping.update(final)
+        fresh.update(_evaluate(s, state, step, writer, only=evaluate))
+    final = {**final, **fresh}
+    stop_early = bool(fresh) and s.early_stopping is not None and s.early_stopping.update(fresh)
     if (config.checkpoint_every and step % config.checkpoint_every == 0
         or step == config.total_steps or stop_early):
       s.checkpoint(state, step)
@@ -300,17 +295,9 @@ def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
 def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, float]:
   """Evaluates the newest checkpoint in ``workdir`` without training."""
   run = setup.build_run(config)
-  stage_runs: dict[int, setup.StageRun] = {}
-
-  def abstract_at(step: int) -> Any:
-    stage = stages_lib.stage_at(run.stages, step)
-    if stage.index not in stage_runs:
-      stage_runs[stage.index] = setup.build_stage(run, stage)
-    return setup.abstract_state(run, stage_runs[stage.index])
-
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.get("keep_checkpoints", 2))
-  restored = ckpt.restore_latest(abstract_at)
+  restored = ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {ckpt.directory}; train first.")

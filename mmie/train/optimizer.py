@@ -56,19 +56,26 @@ def build_optimizer(opt_config: Any, total_steps: int, params: Any,
   return tx, schedule
 
 
+def _option(opt_config: Any, key: str, default: float) -> float:
+  """``optimizer.key``, or the optimizer's own default where the config leaves it None."""
+  value = opt_config.get(key, None)
+  return default if value is None else float(value)
+
+
 def _named_optimizer(opt_config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
   name = opt_config.name
   wd = float(opt_config.get("weight_decay", 0.0))
   if name == "adamw":
-    return optax.adamw(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.999),
-                       eps=opt_config.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
+    return optax.adamw(schedule, b1=_option(opt_config, "b1", 0.9),
+                       b2=_option(opt_config, "b2", 0.999), eps=_option(opt_config, "eps", 1e-8),
+                       weight_decay=wd, mask=decay_mask)
   if name == "lion":
-    return optax.lion(schedule, b1=opt_config.get("b1", 0.9), b2=opt_config.get("b2", 0.99),
-                      weight_decay=wd, mask=decay_mask)
+    return optax.lion(schedule, b1=_option(opt_config, "b1", 0.9),
+                      b2=_option(opt_config, "b2", 0.99), weight_decay=wd, mask=decay_mask)
   if name == "sgd":
     return optax.chain(
         optax.add_decayed_weights(wd, mask=decay_mask),
-        optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9)),
+        optax.sgd(schedule, momentum=_option(opt_config, "momentum", 0.9)),
     )
   if name == "adafactor":
     return optax.adafactor(schedule, weight_decay_rate=wd or None, weight_decay_mask=decay_mask)

@@ -37,6 +37,7 @@ class Run:
   param_shardings: Any
   stages: list[stages_lib.Stage]
   batch_keys: frozenset[str] = frozenset()  # What the task reads; other keys stay on the host.
+  stage_runs: list["StageRun"] = dataclasses.field(default_factory=list)  # One per stage.
 
 
 @dataclasses.dataclass
@@ -50,6 +51,11 @@ class StageRun:
   state_shardings: Any = None
 
 
+# A raw PRNG key's shape: ``eval_shape`` over it traces without running (or compiling) the
+# seeding that ``jax.random.PRNGKey(0)`` would, so resolving a run compiles nothing.
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
 def _resolve(section: str, builder: Any, section_config: Any) -> Any:
   """Runs a section's builder, reporting its complaint as a config error about that section."""
   try:
@@ -57,7 +63,12 @@ def _resolve(section: str, builder: Any, section_config: Any) -> Any:
   except ConfigError:
     raise
   except (ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"config.{section}: {e}") from e
+    raise ConfigError(f"config.{section}: {error_text(e)}") from e
+
+
+def error_text(error: Exception) -> str:
+  """An exception's message; KeyError's own ``str`` would add quotes around it."""
+  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
@@ -71,34 +82,93 @@ def _init_variables(model: Any, config: Any, rng: jax.Array) -> Any:
   return model.init({"params": rng}, *task.init_args(batch))
 
 
-def build_run(config: Any, mesh: Mesh | None = None) -> Run:
-  """Resolves every name in the config; fails here, before compiling, on any bad key."""
+def build_run(config: Any, mesh: Mesh | None = None, *, check_data: bool = True) -> Run:
+  """Resolves the whole run up front: nothing is prepared, compiled or written yet.
+
+  In order: task, model, stages, the data spec (parsed and looked up, not prepared), the
+  mesh, the abstract parameters (``eval_shape``), the evaluators against the model, then
+  every stage's loss (traced on the task's abstract outputs), optimizer and parameter rules
+  (against the real parameter names). Any mistake in any stage is a ConfigError here.
+  """
   task = get_task(config.task)
   model = _resolve("model", build_model, config.model)
   stages = stages_lib.resolve_stages(config)
+  if check_data:
+    _check_data(config, task)
   mesh = mesh if mesh is not None else sharding.make_mesh(config.get("mesh", None))
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp:
     raise ConfigError(f"Config key batch_size={config.batch_size} must be divisible by the"
                       f" data-parallel size {dp} of the mesh {dict(mesh.shape)}.")
-  boxed = jax.eval_shape(lambda r: _init_variables(model, config, r), jax.random.PRNGKey(0))
+  boxed = jax.eval_shape(lambda r: _init_variables(model, config, r), ABSTRACT_KEY)
   rules = config.get("mesh_rules", None) or sharding.DEFAULT_AXIS_RULES
   param_shardings = sharding.logical_param_shardings(boxed["params"], mesh, rules)
-  return Run(config, task, model, mesh, sharding.batch_sharding(mesh), unbox(boxed["params"]),
-             param_shardings, stages, frozenset(task.example_batch(config, 1)))
+  run = Run(config, task, model, mesh, sharding.batch_sharding(mesh), unbox(boxed["params"]),
+            param_shardings, stages, frozenset(task.example_batch(config, 1)))
+  _check_evaluators(config, model)
+  run.stage_runs = [build_stage(run, stage) for stage in stages]
+  return run
+
+
+def _check_data(config: Any, task: Task) -> None:
+  from mmie.data import spec as data_spec  # Deferred: the data layer is only parsed here.
+  kind = data_spec.check_spec(config.data)
+  if kind != task.data_kind:
+    raise ConfigError(f"Config key data.name={config.data.name!r} is {kind.replace('_', '-')}"
+                      f" data, but task={task.name!r} trains on"
+                      f" {task.data_kind.replace('_', '-')} data.")
+
+
+def _check_evaluators(config: Any, model: Any) -> None:
+  from mmie.evaluate.registry import check_model  # Deferred: evaluation imports data.
+  check_model(config.get("evals", None) or {}, model)
 
 
 def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
-  """The stage's loss and optimizer (rules checked against the real parameter names)."""
-  loss = _resolve(f"stages.{stage.name}.loss" if run.config.get("stages") else "loss",
-                  build_loss, stage.loss)
-  tx, schedule = build_optimizer(stage.optimizer, stage.total_steps, run.abstract_params,
-                                 stage.param_rules,
-                                 balance=run.config.get("train", {}).get("balance_modalities"))
+  """The stage's loss and optimizer (rules checked against the real parameter names).
+
+  The loss is traced (``eval_shape``, no compile) on the task's abstract outputs, so a head
+  that needs an input the model does not make fails here, naming the stage's loss key.
+  """
+  where = f"stages.{stage.name}" if run.config.get("stages") else ""
+  loss_key = f"{where}.loss" if where else "loss"
+  loss = _resolve(loss_key, build_loss, stage.loss)
+  try:
+    tx, schedule = build_optimizer(
+        stage.optimizer, stage.total_steps, run.abstract_params, stage.param_rules,
+        balance=run.config.get("train", {}).get("balance_modalities"))
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}" if where else str(e)) from e
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"config.{where + '.' if where else ''}optimizer / param_rules:"
+                      f" {error_text(e)}") from e
   stage_run = StageRun(stage, loss, tx, schedule)
-  stage_run.state_shardings = _state_shardings(run, jax.eval_shape(_init_fn(run, stage_run),
-                                                                   jax.random.PRNGKey(0)))
+  try:
+    abstract = jax.eval_shape(_init_fn(run, stage_run), ABSTRACT_KEY)
+    _trace_loss(run, stage_run, abstract)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ConfigError(f"config.{loss_key}={_describe(stage.loss)} does not fit the outputs of"
+                      f" task={run.task.name!r} with this model: {type(e).__name__}: {error_text(e)}"
+                      ) from e
+  stage_run.state_shardings = _state_shardings(run, abstract)
   return stage_run
+
+
+def _describe(loss_config: Any) -> str:
+  values = loss_config.to_dict() if hasattr(loss_config, "to_dict") else dict(loss_config)
+  return repr(values.get("name") or sorted(values.get("terms", {})))
+
+
+def _trace_loss(run: Run, stage_run: StageRun, abstract: TrainState) -> None:
+  """Shapes-only pass of the loss on the task's outputs: a missing input fails here."""
+
+  def apply(state: TrainState, rng: jax.Array):
+    inputs = _loss_inputs(run, state.params, rng)
+    return stage_run.loss.apply(inputs, state.loss_state, step=state.step, rng=rng)
+
+  jax.eval_shape(apply, abstract, ABSTRACT_KEY)
 
 
 def _state_shardings(run: Run, abstract: TrainState) -> TrainState:
@@ -164,9 +234,15 @@ def init_state(run: Run, stage_run: StageRun) -> TrainState:
 
 def abstract_state(run: Run, stage_run: StageRun) -> TrainState:
   """ShapeDtypeStructs carrying the target shardings, for restoring into place."""
-  abstract = jax.eval_shape(_init_fn(run, stage_run), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(_init_fn(run, stage_run), ABSTRACT_KEY)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, stage_run.state_shardings)
+
+
+def abstract_state_at(run: Run, step: int) -> TrainState:
+  """The abstract state of a checkpoint at global ``step`` (its stage decides its structure):
+  the one restore target of training, ``--mode=evaluate`` and the plots."""
+  return abstract_state(run, run.stage_runs[stages_lib.stage_at(run.stages, step).index])
 
 
 def enter_stage(run: Run, state: TrainState, stage_run: StageRun) -> TrainState:

@@ -72,7 +72,7 @@ def _config(evals=None):
   config = ml_collections.ConfigDict({
       "eval_every": 10, "data": {"eval_split": "validation", "train_split": "train",
                                  "prompt_templates": ("{}", "a {}"), "context_length": 3},
-      "eval": {"batch_size": 3}, "model": {"text": {"pad_id": -1}}})
+      "evals": {"eval": {"type": "contrastive", "batch_size": 3}}, "model": {"text": {"pad_id": -1}}})
   if evals is not None:
     config.evals = evals
   return ml_collections.FrozenConfigDict(config)

@@ -1,0 +1,133 @@
+"""The command line's config edge: ``--config=file.py[:preset]`` and ``--config.key=value``.
+
+ml_collections' config flag loads the file, locks the config, then defines one override flag
+per ``--config.*`` argument. Two things are added here:
+
+* defaults are filled in between loading and locking (:func:`mmie.config.fill_defaults`), so
+  every documented key can be overridden even when the file does not set it;
+* every mistake made on the command line (a missing file, a file without ``get_config``, an
+  unknown preset, an unknown key, a value of the wrong type) becomes one line naming it and
+  exit status 2, instead of a traceback from flag parsing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl
+
+from mmie.schema import ConfigError, unknown_key_error
+
+EXIT_CONFIG_ERROR = 2
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``file.py[:preset]`` -> the file's ``get_config(preset)``, with every default filled in."""
+  path, has_arg, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config={spec}: there is no config file {path!r}"
+                      f" (looked in {os.getcwd()}).")
+  module_spec = importlib.util.spec_from_file_location(
+      f"mmie_config_{os.path.splitext(os.path.basename(path))[0]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - any import failure of a user file is its problem.
+    raise ConfigError(f"--config={spec}: the file does not import:"
+                      f" {type(e).__name__}: {e}") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"--config={spec}: {path} defines no get_config(arg=None) function.")
+  try:
+    config = get_config(arg) if has_arg else get_config()
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"--config={spec}: {e}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config={spec}: get_config returned {type(config).__name__}, not an"
+                      " ml_collections.ConfigDict.")
+  from mmie import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.fill_defaults(config)
+
+
+def check_override_keys(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Each ``--config.a.b`` names an existing key; else the closest one is suggested."""
+  for path in overrides:
+    node: Any = config
+    walked = []
+    for key in path.split("."):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"--config.{path}: config key {'.'.join(walked)} is a value, not a"
+                          " section, so it has no keys.")
+      if key not in node:
+        raise unknown_key_error(".".join(walked + [key]), key, node.keys())
+      walked.append(key)
+      node = node[key]
+
+
+def override_paths(argv: Sequence[str], name: str = "config") -> list[str]:
+  """The key paths of ``--config.a.b=v`` / ``--config.a.b v`` / ``--noconfig.flag`` args."""
+  paths = []
+  for arg in argv:
+    for prefix in (f"--{name}.", f"-{name}.", f"--no{name}.", f"-no{name}."):
+      if arg.startswith(prefix):
+        paths.append(arg[len(prefix):].split("=", 1)[0])
+        break
+  return paths
+
+
+class _Parser(config_flags_impl.ConfigFileFlagParser):
+  """Loads, fills defaults, checks the override keys, then locks."""
+
+  def __init__(self, name: str):
+    super().__init__(name=name, lock_config=True)
+    self.argv: Sequence[str] = ()
+
+  def parse(self, argument: str) -> ml_collections.ConfigDict:
+    config = load_config_file(argument)
+    check_override_keys(config, override_paths(self.argv or sys.argv, self.name))
+    config.lock()
+    return config
+
+
+def define_config_flag(name: str = "config", help_string: str = "") -> flags.FlagHolder:
+  """``--config`` as ml_collections defines it, with this module's loading and checks."""
+  holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  flags.FLAGS[name].parser = _Parser(name)
+  return holder
+
+
+def config_error_exit(message: str) -> NoReturn:
+  """The one line every config mistake prints, and exit status 2."""
+  print(f"Invalid config: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _root_message(error: BaseException) -> str:
+  """Our own ConfigError's text when absl wrapped it, else the error's own."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, ConfigError):
+      return str(seen)
+    seen = seen.__cause__ or seen.__context__
+  return str(error)
+
+
+def parse_flags(argv: Sequence[str], name: str = "config") -> list[str]:
+  """``app.run``'s flags parser: absl parsing, with config mistakes as one line and exit 2."""
+  if name in flags.FLAGS and isinstance(flags.FLAGS[name].parser, _Parser):
+    flags.FLAGS[name].parser.argv = list(argv)
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.UnrecognizedFlagError as e:
+    if str(e.flagname).startswith(f"{name}."):
+      config_error_exit(f"Unknown config key {e.flagname[len(name) + 1:]}.")
+    config_error_exit(f"{e}. Run with --helpfull to list the flags.")
+  except (flags.Error, ConfigError, KeyError, TypeError, ValueError, AttributeError) as e:
+    config_error_exit(_root_message(e))
