@@ -45,7 +45,8 @@ def main(argv):
 
     logging.info("Config:\n%s", config)
     if _MODE.value == "train":
-      loop.train_and_evaluate(config, _WORKDIR.value)
+      from mmie.insight.report import plots_hook  # Insight plugs into training as a hook.
+      loop.train_and_evaluate(config, _WORKDIR.value, end_hooks=[plots_hook])
     else:
       loop.evaluate_checkpoint(config, _WORKDIR.value)
   except config_lib.ConfigError as e:

@@ -8,7 +8,6 @@ The mesh has three named axes, ``('data', 'fsdp', 'model')``. The batch is split
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -84,28 +83,6 @@ def path_name(path: Sequence[Any]) -> str:
     else:
       parts.append(str(key))
   return "/".join(parts)
-
-
-def spec_for(name: str, shape: tuple[int, ...], rules: Sequence[tuple[str, P]],
-             mesh: Mesh) -> P:
-  """The first rule whose regex matches ``name``; dimensions that don't divide stay whole."""
-  for pattern, spec in rules:
-    if re.search(pattern, name):
-      fixed = []
-      for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
-        size = math.prod(mesh.shape[a] for a in axes) if axes else 1
-        fixed.append(axis if axes and dim % size == 0 else None)
-      return P(*fixed[:len(shape)])
-  return P()
-
-
-def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, P]] = ()) -> Any:
-  """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs) from ``rules``."""
-  def leaf_sharding(path, leaf):
-    shape = tuple(getattr(leaf, "shape", ()))
-    return NamedSharding(mesh, spec_for(path_name(path), shape, rules, mesh))
-  return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
 
 
 # Logical parameter axes (named by mmie.models) -> mesh axes: FSDP over the model width,

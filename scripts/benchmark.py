@@ -112,7 +112,7 @@ def ours(arch: Arch, batch: int) -> tuple[Timed, Any]:
   """MMIE's real train step (loss, AdamW, non-finite guard, metrics), AOT-compiled."""
   import jax
 
-  from mmie.insight import profiling
+  from mmie.train import profiling
   from mmie.train import setup
 
   config = our_config(arch, batch)
@@ -140,7 +140,7 @@ def hf_flax(arch: Arch, batch: int) -> Timed:
   import optax
   from transformers import CLIPConfig, FlaxCLIPModel
 
-  from mmie.insight import profiling
+  from mmie.train import profiling
 
   tower = lambda width, depth, heads: dict(hidden_size=width, intermediate_size=arch.mlp_ratio
                                            * width, num_hidden_layers=depth,
@@ -338,7 +338,7 @@ def main(argv):
     _check_peers()
   import jax
 
-  from mmie.insight import profiling
+  from mmie.train import profiling
 
   print(f"load before: {_load()}", flush=True)
   peak = profiling.peak_flops_per_device()

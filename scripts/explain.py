@@ -15,11 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from mmie import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's workdir.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file; default: the workdir's saved config.json.", lock_config=True)
+_CONFIG = cli.define_config_flag(
+    "config", "Config file; default: the workdir's saved config.json.")
 _EXAMPLES = flags.DEFINE_list("examples", [], "Evaluation-split image indices to explain.")
 _IG_STEPS = flags.DEFINE_integer("ig_steps", 16, "Integrated-gradients path samples.")
 flags.mark_flag_as_required("workdir")
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

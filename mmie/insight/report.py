@@ -148,3 +148,14 @@ def make_run_plots(workdir: str, config: Any, params: Any, model: Any, *,
                                  os.path.join(out, "attribution.png"), ig_steps))
   log.info("Wrote %d plots to %s", len(paths), out)
   return paths
+
+
+def plots_hook(workdir: str, config: Any, params: Any, model: Any) -> None:
+  """The end-of-run hook ``main.py`` registers: every plot of a trained image-text run.
+
+  Skipped when ``config.plots`` is False or the model has no image tower to embed with.
+  """
+  if not config.get("plots", True) or not hasattr(model, "encode_image"):
+    return
+  paths = make_run_plots(workdir, config, params, model)
+  print(f"Plots: {', '.join(os.path.relpath(p, workdir) for p in paths)}", flush=True)

@@ -2,7 +2,7 @@
 
 from mmie.config import ConfigError
 from mmie.tasks import contrastive, lm, matching, seq2seq
-from mmie.tasks.base import Task, check_batch
+from mmie.tasks.base import Task
 
 TASKS: dict[str, Task] = {
     task.name: task for task in (contrastive.TASK, matching.TASK, seq2seq.TASK, lm.TASK)
@@ -16,4 +16,4 @@ def get_task(name: str) -> Task:
   return TASKS[name]
 
 
-__all__ = ["Task", "TASKS", "check_batch", "get_task"]
+__all__ = ["Task", "TASKS", "get_task"]

@@ -42,11 +42,3 @@ class Task(NamedTuple):
   data_kind: str = "image_text"
   # ``config.evals`` when the config names none: {name: evaluator spec}.
   default_evals: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
-
-
-def check_batch(task: Task, batch: Mapping[str, Any]) -> None:
-  """Fails early, naming the missing keys, when the data does not fit the task."""
-  missing = [k for k in task.batch_keys if k not in batch]
-  if missing:
-    raise KeyError(f"Task {task.name!r} needs batch keys {list(task.batch_keys)};"
-                   f" the data pipeline gave {sorted(batch)} (missing {missing}).")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -142,10 +141,9 @@ def compile_stage(run: Any, stage: Any) -> dict[str, Any]:
   state = setup.abstract_state(run, stage_run)
   batch = abstract_batch(run)
   step = setup.jit_train_step(run, stage_run)
-  jitted = getattr(step, "jitted", step)  # The jax.jit object under the mesh-context wrapper.
   start = time.perf_counter()
   with jax.set_mesh(run.mesh):  # As when training: losses may name the mesh's axes.
-    compiled = jitted.lower(state, batch).compile()
+    compiled = step.jitted.lower(state, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   report = {
@@ -249,10 +247,10 @@ def format_report(report: Mapping[str, Any]) -> str:
 def _define_flags() -> tuple[Any, ...]:
   """Flags are defined only when run as a command, so importing this module defines none."""
   from absl import flags
-  from ml_collections import config_flags
+  from mmie import cli  # pylint: disable=g-import-not-at-top
 
   return (
-      config_flags.DEFINE_config_file("config", None, "Config file[:preset].", lock_config=True),
+      cli.define_config_flag("config", "Config file[:preset]."),
       flags.DEFINE_integer("devices", None, "Fake CPU devices (default: the mesh's product)."),
       flags.DEFINE_string("mesh", None, "Mesh axes, e.g. data=8,fsdp=8 (default: config.mesh)."),
       flags.DEFINE_string("stage", None, "Compile only this stage (default: every stage)."),
@@ -282,11 +280,11 @@ def main() -> None:
       fake_devices_env(n_devices)
       report = aot_compile(config, mesh, n_devices, stage=stage_flag.value)
     except ConfigError as e:
-      print(f"Invalid config: {e}", file=sys.stderr)
-      sys.exit(2)
+      cli.config_error_exit(str(e))
     print(format_report(report), flush=True)
 
-  app.run(run)
+  from mmie import cli  # pylint: disable=g-import-not-at-top
+  app.run(run, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

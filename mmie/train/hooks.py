@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import jax
 
 from mmie.config import ConfigError
+from mmie.train.schema import EARLY_STOPPING
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,18 @@ class EarlyStopping:
 
   @classmethod
   def from_config(cls, spec: Mapping[str, Any] | None) -> "EarlyStopping | None":
-    if not spec or spec.get("metric") is None:  # The schema's default: no early stopping.
+    if not spec:
       return None
-    spec = dict(spec)
-    unknown = sorted(set(spec) - {"metric", "mode", "patience", "min_delta"})
+    spec = {k: v for k, v in dict(spec).items() if v is not None}
+    unknown = sorted(set(spec) - set(EARLY_STOPPING))
     if unknown:
       raise ConfigError(f"Unknown config key train.early_stopping.{unknown[0]}; keys are"
-                        " metric, mode, patience, min_delta.")
-    if "metric" not in spec:
-      raise ConfigError("train.early_stopping needs a metric, e.g. 'eval/i2t_recall@5'.")
+                        f" {', '.join(EARLY_STOPPING)}.")
+    if "metric" not in spec:  # The schema's default: off, unless other keys say otherwise.
+      if any(spec.get(k, field.default) != field.default
+             for k, field in EARLY_STOPPING.items() if k != "metric"):
+        raise ConfigError("train.early_stopping needs a metric, e.g. 'eval/i2t_recall@5'.")
+      return None
     if spec.get("mode", "max") not in ("max", "min"):
       raise ConfigError(f"train.early_stopping.mode={spec['mode']!r}; expected 'max' or 'min'.")
     if int(spec.get("patience", 3)) < 1:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -139,32 +140,37 @@ def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable
   return build_evaluators(config, model)
 
 
-def _make_plots(s: "_Session", state: Any) -> None:
-  """Plots of the finished run into workdir/plots (process 0 only); never fails the run."""
-  if (jax.process_index() != 0 or not s.config.get("plots", True)
-      or not hasattr(s.run.model, "encode_image")):  # The plots are of image-text models.
+EndOfRunHook = Callable[[str, Any, Any, Any], None]  # (workdir, config, host params, model)
+
+
+def _run_end_hooks(s: "_Session", state: Any, end_hooks: Sequence[EndOfRunHook]) -> None:
+  """Hooks the entry point registered (plots, exports) on process 0; never fail the run."""
+  if jax.process_index() != 0 or not end_hooks:
     return
-  from mmie.insight.plots import make_run_plots
-  try:
-    paths = make_run_plots(s.workdir, s.config, _host_params(state.params), s.run.model)
-    print(f"Plots: {', '.join(os.path.relpath(p, s.workdir) for p in paths)}", flush=True)
-  except Exception as e:  # noqa: BLE001 - a plotting problem must not lose a trained run.
-    log.error("Could not make the plots: %r", e)
+  params = _host_params(state.params)
+  for hook in end_hooks:
+    try:
+      hook(s.workdir, s.config, params, s.run.model)
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not lose a trained run.
+      log.error("End-of-run hook %s failed: %r", getattr(hook, "__name__", hook), e)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: Any, workdir: str, *,
+                       end_hooks: Sequence[EndOfRunHook] = ()) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics.
 
   The whole run is resolved first (``setup.build_run``: every stage, the data spec, the
   evaluators), so a config mistake stops it before the workdir is created or data prepared.
+  ``end_hooks`` run once training ends (``main.py`` registers the plots of mmie/insight).
   """
   run = setup.build_run(config)
   os.makedirs(workdir, exist_ok=True)
   with hooks.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir, run)
+    return _train_and_evaluate(config, workdir, run, end_hooks)
 
 
-def _train_and_evaluate(config: Any, workdir: str, run: setup.Run) -> dict[str, float]:
+def _train_and_evaluate(config: Any, workdir: str, run: setup.Run,
+                        end_hooks: Sequence[EndOfRunHook]) -> dict[str, float]:
   _save_config(config, workdir)
   s = _Session(config, workdir, run)
   restored = s.ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
@@ -192,7 +198,7 @@ def _train_and_evaluate(config: Any, workdir: str, run: setup.Run) -> dict[str, 
     writer.close()
   if not final:  # Resumed a finished run: evaluate the restored params once more.
     final = _evaluate(s, state, step, writer=None)
-  _make_plots(s, state)
+  _run_end_hooks(s, state, end_hooks)
   _print_summary(final, s.evaluators)
   return final
 
@@ -247,7 +253,7 @@ def _train_stage(s: _Session, stage: stages_lib.Stage, state: Any, step: int,
 
 def _compile_step(s: _Session, stage_run: setup.StageRun, state: Any):
   """Compiles the stage's step once, ahead of time, and reads its cost for MFU logging."""
-  from mmie.insight.profiling import compile_with_cost
+  from mmie.train.profiling import compile_with_cost
 
   jitted = setup.jit_train_step(s.run, stage_run)
   batch = setup.to_global(s.run, setup.example_batch(s.config,

@@ -4,7 +4,7 @@ its loss, optimizer and sharded state."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -144,8 +144,9 @@ def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
                       f" {error_text(e)}") from e
   stage_run = StageRun(stage, loss, tx, schedule)
   try:
-    abstract = jax.eval_shape(_init_fn(run, stage_run), ABSTRACT_KEY)
-    _trace_loss(run, stage_run, abstract)
+    with jax.set_mesh(run.mesh):  # Losses may name mesh axes (global_negatives).
+      abstract = jax.eval_shape(_init_fn(run, stage_run), ABSTRACT_KEY)
+      _trace_loss(run, stage_run, abstract)
   except ConfigError:
     raise
   except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -256,23 +257,37 @@ def enter_stage(run: Run, state: TrainState, stage_run: StageRun) -> TrainState:
   return jax.jit(transition, out_shardings=stage_run.state_shardings)(state)
 
 
-def jit_train_step(run: Run, stage_run: StageRun) -> Any:
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """A stage's step as data: the pure function, its shardings and donation, and the jitted
+  function built from them. Calling it runs the step with the mesh in context (losses may
+  name its axes); ``jitted.lower(state, batch).compile()`` AOT-compiles it for any mesh."""
+
+  fn: Callable[..., Any]            # The pure train_step(state, batch) -> (state, metrics).
+  in_shardings: tuple[Any, Any]     # (state shardings, batch sharding).
+  out_shardings: tuple[Any, Any]    # (state shardings, metrics: replicated by XLA's choice).
+  donate_argnums: tuple[int, ...]   # The input state's buffers become the output state's.
+  mesh: Mesh
+  jitted: Any
+
+  def __call__(self, state: TrainState, batch: Mapping[str, jax.Array]):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(state, batch)
+
+
+def jit_train_step(run: Run, stage_run: StageRun) -> TrainStep:
   """The stage's jitted step with explicit shardings and the state donated."""
   rules = param_rules_lib.parse_rules(stage_run.stage.param_rules)
   step_fn = make_train_step(run.task, stage_run.loss, stage_run.schedule,
                             step_offset=stage_run.stage.start,
                             train_config=run.config.get("train", {}),
                             trainable=param_rules_lib.trainable_mask(rules, run.abstract_params))
-  jitted = jax.jit(step_fn, in_shardings=(stage_run.state_shardings, run.batch_sharding),
-                   out_shardings=(stage_run.state_shardings, None), donate_argnums=(0,))
-
-  def step_in_mesh(state: TrainState, batch: Mapping[str, jax.Array]):
-    # The mesh is in context so that losses may name its axes (global_negatives).
-    with jax.set_mesh(run.mesh):
-      return jitted(state, batch)
-
-  step_in_mesh.jitted = jitted  # type: ignore[attr-defined]  # For .lower() / AOT compiles.
-  return step_in_mesh
+  in_shardings = (stage_run.state_shardings, run.batch_sharding)
+  out_shardings = (stage_run.state_shardings, None)
+  donate = (0,)
+  jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                   donate_argnums=donate)
+  return TrainStep(step_fn, in_shardings, out_shardings, donate, run.mesh, jitted)
 
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

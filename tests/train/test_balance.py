@@ -163,6 +163,5 @@ def test_wired_into_the_stage_optimizer():
   assert ratio == pytest.approx(s_text / (100.0 * s_image), rel=1e-5)
   np.testing.assert_allclose(updates["logit_scale"] / updates["text"]["ln_final"]["scale"][0],
                              1.0 / s_text, rtol=1e-5)  # Ungrouped: unscaled.
-  run = setup.build_run(_tiny_with_balance({**GROUPS, "audio": r"audio/.*"}), mesh=mesh)
   with pytest.raises(ConfigError, match=r"\['audio'\] match no parameter"):
-    setup.build_stage(run, run.stages[0])
+    setup.build_run(_tiny_with_balance({**GROUPS, "audio": r"audio/.*"}), mesh=mesh)

@@ -28,7 +28,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ({"mode": "max"}, "needs a metric"),
+    ({"mode": "min"}, "needs a metric"),
     ({"metric": "a", "mode": "up"}, "expected 'max' or 'min'"),
     ({"metric": "a", "patience": 0}, "patience must be >= 1"),
     ({"metric": "a", "patiense": 2}, "Unknown config key train.early_stopping.patiense"),

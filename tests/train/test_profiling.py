@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmie.insight import profiling
+from mmie.train import profiling
 
 M, K, N = 64, 32, 16
 

@@ -128,7 +128,7 @@ def compile_with_cost(jitted: Any, *args: Any, config: Any = None, mesh: Any = N
 
   Call it once before the first step and run the returned executable (same shardings and
   donation as ``jitted``) so the program is compiled once. A wrapper exposing the jitted
-  function as ``.jitted`` (``mmie.train.setup.jit_train_step``) is unwrapped; ``mesh`` is put
+  function as ``.jitted`` (``mmie.train.setup.TrainStep``) is unwrapped; ``mesh`` is put
   in context while lowering (for losses that name mesh axes). ``peak_flops`` (all devices)
   overrides the lookup by :func:`peak_flops_per_device`.
   """
