@@ -20,7 +20,7 @@ import ml_collections
 from mmie import schema
 from mmie.data.schema import DATA
 from mmie.schema import ConfigError, Field, Section, non_negative, positive
-from mmie.train.schema import MESH, OPTIMIZER, STAGE, TRAIN
+from mmie.train.schema import MESH, OPTIMIZER, TRAIN
 
 __all__ = ["ConfigError", "Field", "TOP_LEVEL", "fill_defaults", "to_dict", "validate"]
 
@@ -95,10 +95,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDi
     config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=True))
   fill_defaults(config)
   schema.check(config, TOP_LEVEL)
-  for name, stage in (config.get("stages") or {}).items():
-    if not hasattr(stage, "keys"):
-      raise ConfigError(f"Config key stages.{name} must be a section with {sorted(STAGE)}.")
-    schema.check(stage, STAGE, f"stages.{name}.")
+  from mmie.train import stages as stages_lib  # JAX-free: checks each stage's section.
+  stages_lib.resolve_stages(config)
   accum = config.train.grad_accum_steps
   if config.batch_size % accum:
     raise ConfigError(f"Config key train.grad_accum_steps={accum} must divide"

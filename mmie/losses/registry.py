@@ -17,6 +17,7 @@ Everything is registered here by explicit import; nowhere else.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -63,7 +64,9 @@ def _as_mapping(config: Any, where: str) -> Mapping[str, Any]:
 def _check_keys(cfg: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
   unknown = sorted(set(cfg) - set(allowed))
   if unknown:
-    raise KeyError(f"{where} has unknown key(s) {unknown}; allowed: {list(allowed)}.")
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise KeyError(f"{where} has unknown key(s) {unknown}.{hint} Allowed: {list(allowed)}.")
 
 
 def bind_head(text: str) -> tuple[str, Callable[..., Any], dict[str, Any]]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mmie.config import ConfigError
+from mmie import schema
+from mmie.schema import ConfigError
+from mmie.train.schema import STAGE
 
-STAGE_KEYS = ("total_steps", "loss", "optimizer", "param_rules")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +53,10 @@ def resolve_stages(config: Any) -> list[Stage]:
   start = 0
   for i, name in enumerate(order):
     section = raw[name]
-    unknown = sorted(set(section.keys()) - set(STAGE_KEYS))
-    if unknown:
-      raise ConfigError(f"Unknown config key stages.{name}.{unknown[0]}; stage keys are"
-                        f" {STAGE_KEYS}.")
-    steps = section.get("total_steps", None)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-      raise ConfigError(f"stages.{name}.total_steps={steps!r}: each stage needs a positive"
-                        " integer number of steps.")
+    if not hasattr(section, "keys"):
+      raise ConfigError(f"Config key stages.{name} must be a section with {sorted(STAGE)}.")
+    schema.check(section, STAGE, f"stages.{name}.")
+    steps = section["total_steps"]
     stages.append(Stage(
         index=i,
         name=name,
