@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   loss2 = ml_collections.ConfigDict({
       "name": "clip", "transforms": (f"memory_queue(size={32 if tiny else 1024})",)})
   loss3 = ml_collections.ConfigDict({"terms": {
-      "contrastive": {"name": "clip", "transforms": ("hard_negatives(beta=0.5)",)},
+      "contrastive": {"name": "clip(hard_negatives={'beta': 0.5})"},
       "consistency": {"name": "feature_consistency(kind='cosine')", "weight": 0.1,
                       "inputs": {"z": "image_emb", "z_ref": "text_emb"}},
   }})

@@ -1,11 +1,14 @@
 """Contrastive heads: CLIP, SigLIP, NT-Xent, DCL/DCLW and SupCon on one similarity engine.
 
 Each head is a pure function returning ``(loss, metrics)``. Beyond the paper's arguments
-they accept the inputs that transforms write (all optional, all documented in
-docs/losses.md): candidate-side ``X_keys`` (momentum encoder outputs), ``X_queue`` /
-``X_queue_valid`` (memory-queue negatives) for each embedding input ``X``,
-``hard_negatives`` (`HardNegatives`),
-``block_size`` (chunked rows) and ``axis_name`` (global negatives over a mesh axis).
+they take (all optional, all documented in docs/losses.md):
+
+* ``negatives``: ``{input name: Candidates}``, candidates beyond the batch that the stateful
+  transforms write: momentum-encoder ``keys`` and memory-``queue`` entries;
+* options set in the head's call-string, one way each: ``hard_negatives`` (negative
+  re-weighting, ``"clip(hard_negatives={'beta': 0.5})"``), ``block_size`` (rows computed in
+  blocks, so the B x B logits never live at once) and ``axis_name`` (negatives gathered from
+  every device of a mesh axis, ``"clip(axis_name='data')"``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from mmie.losses import distributed as dist
-from mmie.losses.pairwise import HardNegatives, Ids, info_nce_rows, sigmoid_rows
+from mmie.losses.pairwise import (Candidates, HardNegatives, Ids, check_negatives,
+                                  info_nce_rows, sigmoid_rows)
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -44,13 +48,26 @@ def _with_queue(cands: Array, ids: Ids, ok: Array, queue: Array | None, valid: A
           jnp.concatenate([ok, valid]))
 
 
+def _present(**kwargs):
+  return {k: v for k, v in kwargs.items() if v is not None}
+
+
+Negatives = dict[str, Candidates] | None
+
+
+def _unpack(negatives: Negatives, inputs: tuple[str, str], head: str) -> dict[str, Array | None]:
+  """``{X_keys, X_queue, X_queue_valid}`` for each embedding input X, None where absent."""
+  out = {}
+  for name, c in check_negatives(negatives, inputs, head).items():
+    out.update({f"{name}_keys": c.keys, f"{name}_queue": c.queue,
+                f"{name}_queue_valid": c.queue_valid})
+  return out
+
+
 def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
-         label_smoothing: float = 0.0, image_emb_keys: Array | None = None,
-         text_emb_keys: Array | None = None, image_emb_queue: Array | None = None,
-         image_emb_queue_valid: Array | None = None, text_emb_queue: Array | None = None,
-         text_emb_queue_valid: Array | None = None, hard_negatives: HardNegatives | None = None,
-         block_size: int | None = None, axis_name: dist.AxisName = None
-         ) -> tuple[Array, Metrics]:
+         label_smoothing: float = 0.0, negatives: Negatives = None,
+         hard_negatives: HardNegatives | None = None, block_size: int | None = None,
+         axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """Symmetric InfoNCE of CLIP (Radford et al. 2021): matched pairs on the diagonal.
 
   ``image_emb`` and ``text_emb`` are ``[batch, dim]`` and used as given (the task
@@ -59,6 +76,8 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
   uniform target over all candidates into each.
   """
   _check_pair(image_emb, text_emb, "clip")
+  extra = _unpack(negatives, ("image_emb", "text_emb"), "clip")
+  image_emb_keys, text_emb_keys = extra["image_emb_keys"], extra["text_emb_keys"]
 
   def local(axis, image_emb, text_emb, logit_scale, image_emb_keys=None, text_emb_keys=None,
             image_emb_queue=None, image_emb_queue_valid=None, text_emb_queue=None,
@@ -89,10 +108,8 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
       local, axis_name,
       sharded=dict(image_emb=image_emb, text_emb=text_emb, image_emb_keys=image_emb_keys,
                    text_emb_keys=text_emb_keys),
-      replicated=_present(logit_scale=jnp.asarray(logit_scale), image_emb_queue=image_emb_queue,
-                          image_emb_queue_valid=image_emb_queue_valid,
-                          text_emb_queue=text_emb_queue,
-                          text_emb_queue_valid=text_emb_queue_valid))
+      replicated=_present(logit_scale=jnp.asarray(logit_scale),
+                          **{k: v for k, v in extra.items() if "_queue" in k}))
 
 
 def siglip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
@@ -125,17 +142,15 @@ def siglip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
                                   logit_bias=jnp.asarray(logit_bias)))
 
 
-def _present(**kwargs):
-  return {k: v for k, v in kwargs.items() if v is not None}
-
-
 def _two_view(z_a: Array, z_b: Array, temperature: Array | float, *, decoupled: bool,
               sigma: float | None, hard_negatives: HardNegatives | None,
               block_size: int | None, axis_name: dist.AxisName, head: str,
-              z_a_keys: Array | None, z_b_keys: Array | None, **queues: Array | None
-              ) -> tuple[Array, Metrics]:
+              negatives: Negatives) -> tuple[Array, Metrics]:
   """2N anchors (both views) against 2N candidates: the partner view is the positive."""
   _check_pair(z_a, z_b, head)
+  extra = _unpack(negatives, ("z_a", "z_b"), head)
+  z_a_keys, z_b_keys = extra["z_a_keys"], extra["z_b_keys"]
+  queues = {k: v for k, v in extra.items() if "_queue" in k}
 
   def local(axis, z_a, z_b, temperature, z_a_keys=None, z_b_keys=None, z_a_queue=None,
             z_a_queue_valid=None, z_b_queue=None, z_b_queue_valid=None):
@@ -171,10 +186,7 @@ def _two_view(z_a: Array, z_b: Array, temperature: Array | float, *, decoupled: 
 
 
 def ntxent(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
-           z_a_keys: Array | None = None, z_b_keys: Array | None = None,
-           z_a_queue: Array | None = None, z_a_queue_valid: Array | None = None,
-           z_b_queue: Array | None = None, z_b_queue_valid: Array | None = None,
-           hard_negatives: HardNegatives | None = None, block_size: int | None = None,
+           negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
            axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """SimCLR's NT-Xent (Chen et al. 2020): cosine similarity over 2N views, 2N-2 negatives.
 
@@ -185,10 +197,7 @@ def ntxent(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
 
 
 def dcl(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
-        z_a_keys: Array | None = None, z_b_keys: Array | None = None,
-        z_a_queue: Array | None = None, z_a_queue_valid: Array | None = None,
-        z_b_queue: Array | None = None, z_b_queue_valid: Array | None = None,
-        hard_negatives: HardNegatives | None = None, block_size: int | None = None,
+        negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
         axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """Decoupled contrastive loss (Yeh et al. 2022): the positive leaves the denominator.
 
@@ -200,10 +209,7 @@ def dcl(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
 
 
 def dclw(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1, sigma: float = 0.5,
-         z_a_keys: Array | None = None, z_b_keys: Array | None = None,
-         z_a_queue: Array | None = None, z_a_queue_valid: Array | None = None,
-         z_b_queue: Array | None = None, z_b_queue_valid: Array | None = None,
-         hard_negatives: HardNegatives | None = None, block_size: int | None = None,
+         negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
          axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """DCL with von Mises-Fisher weighting of the positive term (Yeh et al. 2022).
 

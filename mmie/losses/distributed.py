@@ -80,7 +80,7 @@ def run(local_fn: Callable[..., Any], axis_name: AxisName, sharded: Mapping[str,
     if _bound_by_pmap(axes):
       return local_fn(axis_name, **sharded, **replicated)
     raise ValueError(
-        f"global_negatives over axis {axis_name!r}: no mesh with that axis is active (context "
+        f"negatives over axis_name={axis_name!r}: no mesh with that axis is active (context "
         f"mesh axes: {tuple(mesh.axis_names) if not mesh.empty else 'none'}). Run the step "
         f"under `with jax.set_mesh(mesh):`, or call the loss inside a jax.shard_map that binds "
         f"{axis_name!r}.")
@@ -88,7 +88,7 @@ def run(local_fn: Callable[..., Any], axis_name: AxisName, sharded: Mapping[str,
   for name, value in sharded.items():
     size = mesh.shape[axes[0]] if len(axes) == 1 else _prod(mesh.shape[a] for a in axes)
     if value.shape[0] % size:
-      raise ValueError(f"global_negatives: input {name!r} has batch {value.shape[0]}, not "
+      raise ValueError(f"axis_name={axis_name!r}: input {name!r} has batch {value.shape[0]}, not "
                        f"divisible by the {size} devices of axis {axis_name!r}.")
 
   def body(shards, reps):

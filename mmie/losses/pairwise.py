@@ -15,8 +15,8 @@ from a materialised B x B mask. That makes three execution forms the same code:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ HARD_NEGATIVE_MODES = ("importance", "top_fraction", "semi_hard")
 
 
 class HardNegatives(NamedTuple):
-  """Static settings of negative re-weighting (written into the inputs by `hard_negatives`).
+  """Static settings of negative re-weighting: a contrastive head's ``hard_negatives`` option.
 
   importance: Robinson et al. 2021, weights exp(beta * s) / mean(exp(beta * s)) over the
     negatives, optionally debiased with class prior ``tau_plus``.
@@ -41,6 +41,69 @@ class HardNegatives(NamedTuple):
   tau_plus: float = 0.0
   fraction: float = 0.1
   margin: float = 0.2
+
+
+HARD_NEGATIVE_FIELDS = ("mode", "beta", "tau_plus", "fraction", "margin")
+
+
+def hard_negatives_option(value: Any, where: str = "hard_negatives") -> HardNegatives | None:
+  """A head's ``hard_negatives`` option from a config: None, a mode name, a dict of
+  `HardNegatives` fields (``{'mode': 'importance', 'beta': 0.5}``) or the struct itself;
+  every field checked. ``beta`` >= 0 concentrates the importance weights on similar negatives
+  (0 recovers the plain loss); ``tau_plus`` in [0, 1) is the class prior of the debiased
+  estimator; ``fraction`` in (0, 1] the share of candidates kept; ``margin`` >= 0 the
+  semi-hard band width in cosine units."""
+  if value is None or isinstance(value, HardNegatives):
+    options = value
+  elif isinstance(value, str):
+    options = HardNegatives(mode=value)
+  elif isinstance(value, Mapping):
+    unknown = sorted(set(value) - set(HARD_NEGATIVE_FIELDS))
+    if unknown:
+      raise ValueError(f"{where}: unknown field(s) {unknown}; fields are {HARD_NEGATIVE_FIELDS}.")
+    options = HardNegatives(**value)
+  else:
+    raise TypeError(f"{where} must be a mode name or a dict of {HARD_NEGATIVE_FIELDS}, got "
+                    f"{value!r}.")
+  if options is None:
+    return None
+  if options.mode not in HARD_NEGATIVE_MODES:
+    raise ValueError(f"{where}: unknown mode {options.mode!r}; choose one of "
+                     f"{HARD_NEGATIVE_MODES}.")
+  checks = [("beta", options.beta >= 0, ">= 0"), ("tau_plus", 0 <= options.tau_plus < 1,
+                                                   "in [0, 1)"),
+            ("fraction", 0 < options.fraction <= 1, "in (0, 1]"),
+            ("margin", options.margin >= 0, ">= 0")]
+  for name, ok, allowed in checks:
+    if not ok:
+      raise ValueError(f"{where}: {name}={getattr(options, name)!r} must be {allowed}.")
+  return HardNegatives(options.mode, *(float(getattr(options, f))
+                                       for f in HARD_NEGATIVE_FIELDS[1:]))
+
+
+class Candidates(NamedTuple):
+  """Candidates beyond the batch for one embedding input ``X`` (``image_emb``, ``z_a``, ...).
+
+  Written by the stateful transforms, read by the contrastive heads through their one
+  ``negatives`` argument, ``{input name: Candidates}``: ``keys`` [B, D] replace ``X`` on the
+  candidate side (a momentum encoder's outputs, `momentum_keys`); ``queue`` [K, D] and
+  ``queue_valid`` [K] are extra negatives (past keys, `memory_queue`).
+  """
+
+  keys: Array | None = None
+  queue: Array | None = None
+  queue_valid: Array | None = None
+
+
+def check_negatives(negatives: Mapping[str, Candidates] | None, inputs: tuple[str, ...],
+                    head: str) -> dict[str, Candidates]:
+  """``negatives`` with one entry per embedding input of the head (absent -> empty)."""
+  negatives = dict(negatives or {})
+  unknown = sorted(set(negatives) - set(inputs))
+  if unknown:
+    raise ValueError(f"{head}: negatives for {unknown}, but its embedding inputs are "
+                     f"{list(inputs)}; set the transform's inputs= to those names.")
+  return {name: negatives.get(name, Candidates()) for name in inputs}
 
 
 class Ids(NamedTuple):

@@ -2,10 +2,11 @@
 
 Naming contract for a per-example embedding input ``X`` (``image_emb``, ``text_emb``, ``z_a``,
 ``z_b``): the task may provide ``X_momentum`` (the same embedding computed with
-``TrainState.ema_params``); `momentum_keys` turns it into ``X_keys`` (the candidate side
-of the contrastive head, no gradient); `memory_queue` writes ``X_queue`` and
-``X_queue_valid`` (past keys used as extra negatives) and enqueues ``X_keys`` when present,
-else ``X``, detached.
+``TrainState.ema_params``). Both transforms write the head's one ``negatives`` input,
+``{X: Candidates}`` (mmie/losses/pairwise.py): `momentum_keys` sets ``keys`` (the candidate
+side of the contrastive head, no gradient); `memory_queue` sets ``queue`` and
+``queue_valid`` (past keys used as extra negatives) and enqueues ``keys`` when present, else
+``X``, detached.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mmie.losses.core import Inputs, Transform, require_state
+from mmie.losses.pairwise import Candidates
 
 Array = jax.Array
 
@@ -27,6 +29,14 @@ def _names(inputs: Sequence[str] | str, transform: str) -> tuple[str, ...]:
     raise ValueError(f"{transform}: inputs must be a non-empty sequence of input names, got "
                      f"{inputs!r}.")
   return names
+
+
+def _candidates(inputs: Inputs, name: str) -> Candidates:
+  return dict(inputs.get("negatives") or {}).get(name, Candidates())
+
+
+def _set_candidates(inputs: Inputs, name: str, candidates: Candidates) -> None:
+  inputs["negatives"] = {**dict(inputs.get("negatives") or {}), name: candidates}
 
 
 def _get(inputs: Inputs, name: str, transform: str, why: str) -> Array:
@@ -64,10 +74,11 @@ def memory_queue(size: int = 4096, inputs: Sequence[str] = ("image_emb", "text_e
     new_state = {}
     for name in names:
       q = state[name]
-      inputs[f"{name}_queue"] = q["entries"]
-      inputs[f"{name}_queue_valid"] = jnp.arange(size) < q["filled"]
-      keys = jax.lax.stop_gradient(inputs.get(f"{name}_keys", _get(
-          inputs, name, "memory_queue", "its rows are what the queue stores")))
+      current = _candidates(inputs, name)
+      _set_candidates(inputs, name, current._replace(
+          queue=q["entries"], queue_valid=jnp.arange(size) < q["filled"]))
+      keys = jax.lax.stop_gradient(current.keys if current.keys is not None else _get(
+          inputs, name, "memory_queue", "its rows are what the queue stores"))
       batch = keys.shape[0]
       if batch > size:
         raise ValueError(f"memory_queue: batch {batch} of {name!r} exceeds the queue size {size}.")
@@ -81,7 +92,7 @@ def memory_queue(size: int = 4096, inputs: Sequence[str] = ("image_emb", "text_e
 
 
 def momentum_keys(inputs: Sequence[str] = ("image_emb", "text_emb")) -> Transform:
-  """Uses the momentum encoder's outputs ``X_momentum`` as the candidate keys ``X_keys``.
+  """Uses the momentum encoder's outputs ``X_momentum`` as the candidate ``keys`` of ``X``.
 
   The EMA parameters live in ``TrainState.ema_params`` and the task computes ``X_momentum``
   with them; this transform only routes them (detached) to the candidate side, so queries
@@ -98,7 +109,8 @@ def momentum_keys(inputs: Sequence[str] = ("image_emb", "text_emb")) -> Transfor
     for name in names:
       key = _get(inputs, f"{name}_momentum", "momentum_keys",
                  "the task computes it with TrainState.ema_params")
-      inputs[f"{name}_keys"] = jax.lax.stop_gradient(key)
+      _set_candidates(inputs, name,
+                      _candidates(inputs, name)._replace(keys=jax.lax.stop_gradient(key)))
     return inputs, state
 
   return Transform(init, apply)

@@ -23,7 +23,8 @@ from typing import Any
 
 import optax
 
-from mmie.losses import classification, contrastive, queue, redundancy, transforms, weighting
+from mmie.losses import (classification, contrastive, pairwise, queue, redundancy, transforms,
+                         weighting)
 from mmie.registry import Registry, bind_arguments, describe_signature, parse_call
 from mmie.losses.core import Loss, Transform, make_loss
 
@@ -37,10 +38,16 @@ for _fn in (contrastive.clip, contrastive.siglip, contrastive.ntxent, contrastiv
             redundancy.decorrelation, redundancy.feature_consistency,
             classification.cross_entropy):
   HEADS.register(_fn.__name__, _fn)
-for _fn in (queue.memory_queue, queue.momentum_keys, transforms.hard_negatives,
-            transforms.dynamic_temperature, transforms.learnable_temperature,
-            transforms.global_negatives, transforms.chunked):
+for _fn in (queue.memory_queue, queue.momentum_keys, transforms.dynamic_temperature,
+            transforms.learnable_temperature):
   TRANSFORMS.register(_fn.__name__, _fn)
+
+# Former transforms that are now head options (one way to set each), with the new spelling.
+HEAD_OPTIONS_NOT_TRANSFORMS = {
+    "chunked": "block_size=1024",
+    "global_negatives": "axis_name='data'",
+    "hard_negatives": "hard_negatives={'mode': 'importance', 'beta': 1.0}",
+}
 for _fn in (weighting.static, weighting.inverse_running_loss, weighting.uncertainty):
   WEIGHTINGS.register(_fn.__name__, _fn)
 for _name in ("constant_schedule", "linear_schedule", "cosine_decay_schedule",
@@ -78,7 +85,25 @@ def bind_head(text: str) -> tuple[str, Callable[..., Any], dict[str, Any]]:
                     f"\"{call.name}(temperature=0.1)\"), got positional {call.args!r}. "
                     f"It accepts {describe_signature(head)}.")
   kwargs = bind_arguments(head, (), call.kwargs, what=f"loss head {call.name!r}")
-  return call.name, head, kwargs
+  return call.name, head, _check_head_options(call.name, kwargs)
+
+
+def _check_head_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  """The contrastive heads' static options, checked (and ``hard_negatives`` made a struct)."""
+  if "hard_negatives" in kwargs:
+    kwargs["hard_negatives"] = pairwise.hard_negatives_option(
+        kwargs["hard_negatives"], f"loss head {name!r}: hard_negatives")
+  block = kwargs.get("block_size")
+  if block is not None and (not isinstance(block, int) or isinstance(block, bool) or block < 1):
+    raise ValueError(f"loss head {name!r}: block_size must be a positive int, got {block!r}.")
+  axis = kwargs.get("axis_name")
+  if axis is not None and not (isinstance(axis, str) and axis or isinstance(axis, (tuple, list))
+                               and axis and all(isinstance(a, str) for a in axis)):
+    raise ValueError(f"loss head {name!r}: axis_name must name a mesh axis (or a tuple of "
+                     f"them), got {axis!r}.")
+  if isinstance(axis, list):
+    kwargs["axis_name"] = tuple(axis)
+  return kwargs
 
 
 def build_transforms(texts: Sequence[str]) -> list[tuple[str, Transform]]:
@@ -88,6 +113,11 @@ def build_transforms(texts: Sequence[str]) -> list[tuple[str, Transform]]:
                     f"{texts!r}; write [{texts!r}].")
   out = []
   for text in texts:
+    moved = parse_call(text).name
+    if moved in HEAD_OPTIONS_NOT_TRANSFORMS:
+      raise ValueError(f"{moved} is no longer a transform but an option of the head: write it"
+                       f" in the head's call-string, e.g. \"clip("
+                       f"{HEAD_OPTIONS_NOT_TRANSFORMS[moved]})\".")
     name, factory, kwargs = TRANSFORMS.bind(text)
     out.append((name, factory(**kwargs)))
   return out

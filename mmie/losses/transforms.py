@@ -1,9 +1,9 @@
-"""Input-rewriting transforms: negative re-weighting, temperature rules, execution forms.
+"""Temperature transforms: they write ``logit_scale`` (CLIP/SigLIP) or ``temperature`` (SSL
+heads) from state (a running statistic, or a learned value).
 
-`hard_negatives`, `chunked` and `global_negatives` write static options the contrastive
-heads take by name (``hard_negatives``, ``block_size``, ``axis_name``); a head that does not
-take an option a transform writes is a build-time error, never a silent no-op. The two
-temperature transforms write ``logit_scale`` (CLIP/SigLIP) or ``temperature`` (SSL heads).
+Static options of a head (negative re-weighting, blockwise rows, negatives gathered over a
+mesh axis) are not transforms: they are the head's own arguments, set in its call-string
+(``"clip(hard_negatives={'beta': 0.5}, block_size=1024, axis_name='data')"``), one way each.
 """
 
 from __future__ import annotations
@@ -15,50 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from mmie.losses.core import Inputs, Transform, require_state, stateless
-from mmie.losses.pairwise import HARD_NEGATIVE_MODES, HardNegatives
 
 Array = jax.Array
 TEMPERATURE_OUTPUTS = ("logit_scale", "temperature")
-
-
-def hard_negatives(mode: str = "importance", beta: float = 1.0, tau_plus: float = 0.0,
-                   fraction: float = 0.1, margin: float = 0.2) -> Transform:
-  """Re-weights negatives toward hard ones (Robinson et al. 2021; top-fraction; semi-hard).
-
-  See `HardNegatives` for the three modes. ``beta`` >= 0 concentrates the importance weights
-  on similar negatives (0 recovers the plain loss); ``tau_plus`` in [0, 1) is the class prior
-  of the debiased estimator; ``fraction`` in (0, 1] the share of candidates kept;
-  ``margin`` >= 0 the semi-hard band width in cosine units.
-  """
-  if mode not in HARD_NEGATIVE_MODES:
-    raise ValueError(f"hard_negatives: unknown mode {mode!r}; choose one of {HARD_NEGATIVE_MODES}.")
-  checks = [("beta", beta, beta >= 0, ">= 0"),
-            ("tau_plus", tau_plus, 0 <= tau_plus < 1, "in [0, 1)"),
-            ("fraction", fraction, 0 < fraction <= 1, "in (0, 1]"),
-            ("margin", margin, margin >= 0, ">= 0")]
-  for name, value, ok, allowed in checks:
-    if not ok:
-      raise ValueError(f"hard_negatives: {name}={value!r} must be {allowed}.")
-  options = HardNegatives(mode, float(beta), float(tau_plus), float(fraction), float(margin))
-  return stateless(lambda inputs: {**inputs, "hard_negatives": options})
-
-
-def chunked(block_size: int = 1024) -> Transform:
-  """Computes contrastive rows in blocks: at most ``block_size x candidates`` logits live.
-
-  Exact (each block holds complete rows); the backward pass recomputes each block's logits.
-  """
-  if not isinstance(block_size, int) or block_size < 1:
-    raise ValueError(f"chunked: block_size must be a positive int, got {block_size!r}.")
-  return stateless(lambda inputs: {**inputs, "block_size": block_size})
-
-
-def global_negatives(axis: str | Sequence[str] = "data") -> Transform:
-  """Negatives from every device of mesh ``axis``, gradients flowing back (see distributed.py)."""
-  axis_name = axis if isinstance(axis, str) else tuple(axis)
-  if not axis_name:
-    raise ValueError(f"global_negatives: axis must name a mesh axis, got {axis!r}.")
-  return stateless(lambda inputs: {**inputs, "axis_name": axis_name})
 
 
 def _check_output(output: str, transform: str) -> None:

@@ -144,7 +144,7 @@ def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
                       f" {error_text(e)}") from e
   stage_run = StageRun(stage, loss, tx, schedule)
   try:
-    with jax.set_mesh(run.mesh):  # Losses may name mesh axes (global_negatives).
+    with jax.set_mesh(run.mesh):  # Loss heads may name mesh axes (axis_name).
       abstract = jax.eval_shape(_init_fn(run, stage_run), ABSTRACT_KEY)
       _trace_loss(run, stage_run, abstract)
   except ConfigError:

@@ -142,11 +142,11 @@ def test_rename_of_missing_input_is_clear():
 
 
 def test_stage_that_adds_a_transform_keeps_the_others_state():
+  """A stage may change the head's options and add transforms; states carry by name."""
   stage1 = losses.build_loss({"name": "clip", "transforms": ["memory_queue(size=8)",
                                                              "dynamic_temperature"]})
-  stage2 = losses.build_loss({"name": "clip", "transforms": [
-      "memory_queue(size=8)", "hard_negatives(beta=0.5)", "dynamic_temperature",
-      "chunked(block_size=2)"]})
+  stage2 = losses.build_loss({"name": "clip(hard_negatives={'beta': 0.5}, block_size=2)",
+                              "transforms": ["memory_queue(size=8)", "dynamic_temperature"]})
   x = _inputs()
   state1 = stage1.init(x)
   _, _, state1 = jax.jit(stage1.apply)(x, state1, step=jnp.int32(0), rng=RNG)
@@ -184,7 +184,7 @@ def test_carry_over_of_combined_state_matches_terms_by_name():
       "clip": {"name": "clip", "transforms": ["memory_queue(size=8)"]},
       "ssl": {"name": "vicreg", "inputs": {"z_a": "image_emb", "z_b": "image_emb_aug"}}}})
   stage2 = losses.build_loss({"weighting": "uncertainty", "terms": {
-      "clip": {"name": "clip", "transforms": ["memory_queue(size=8)", "chunked(block_size=2)"]},
+      "clip": {"name": "clip(block_size=2)", "transforms": ["memory_queue(size=8)"]},
       "ssl": {"name": "vicreg", "inputs": {"z_a": "image_emb", "z_b": "image_emb_aug"}}}})
   x = _inputs()
   state1 = jax.jit(stage1.apply)(x, stage1.init(x), step=jnp.int32(0), rng=RNG)[2]
@@ -205,6 +205,5 @@ def test_registries_list_every_head_and_transform():
       "clip", "siglip", "ntxent", "dcl", "dclw", "supcon", "vicreg", "barlow_twins",
       "decorrelation", "feature_consistency", "cross_entropy"}
   assert set(losses.TRANSFORMS) == {
-      "memory_queue", "momentum_keys", "hard_negatives", "dynamic_temperature",
-      "learnable_temperature", "global_negatives", "chunked"}
+      "memory_queue", "momentum_keys", "dynamic_temperature", "learnable_temperature"}
   assert set(losses.WEIGHTINGS) == {"static", "inverse_running_loss", "uncertainty"}

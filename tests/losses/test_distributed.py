@@ -1,4 +1,5 @@
-"""global_negatives on 8 fake CPU devices == the dense loss on the gathered batch."""
+"""Negatives over a mesh axis (the heads' axis_name option) on 8 fake CPU devices == the dense
+loss on the gathered batch."""
 
 import jax
 import jax.numpy as jnp
@@ -91,8 +92,7 @@ def test_metrics_match_dense(mesh, data):
 
 
 def test_loss_protocol_with_global_negatives_and_queue(mesh, data):
-  cfg = {"name": "clip", "transforms": ["memory_queue(size=32)", "global_negatives(axis='data')",
-                                        "chunked(block_size=2)"]}
+  cfg = {"name": "clip(axis_name='data', block_size=2)", "transforms": ["memory_queue(size=32)"]}
   loss_fn, plain = losses.build_loss(cfg), losses.build_loss(
       {"name": "clip", "transforms": ["memory_queue(size=32)"]})
   inputs = {"image_emb": data[0], "text_emb": data[1], "logit_scale": jnp.float64(3.0)}

@@ -1,4 +1,5 @@
-"""Transforms: queue, momentum keys, hard negatives, temperatures, chunked == dense."""
+"""Transforms (queue, momentum keys, temperatures) and head options (hard negatives,
+chunked == dense)."""
 
 import math
 
@@ -82,15 +83,16 @@ def test_momentum_keys_are_the_candidates():
     jax.jit(loss_fn.apply)(batch, {}, step=STEP, rng=RNG)
 
 
-@pytest.mark.parametrize("transform,select", [
-    ("hard_negatives(mode='top_fraction', fraction=0.5)",
+@pytest.mark.parametrize("head,select", [
+    ("clip(hard_negatives={'mode': 'top_fraction', 'fraction': 0.5})",
      lambda negs, pos: np.argsort(-negs)[:math.ceil(0.5 * 6)]),
-    ("hard_negatives(mode='semi_hard', margin=0.3)",
+    ("clip(hard_negatives={'mode': 'semi_hard', 'margin': 0.3})",
      lambda negs, pos: (lambda band: band if band.any() else np.ones_like(band))(
          (negs < pos) & (negs > pos - 0.3 * 2.0))),
 ])
-def test_hard_negative_selection_modes(transform, select):
-  loss_fn = losses.build_loss({"name": "clip", "transforms": [transform]})
+def test_hard_negative_selection_modes(head, select):
+  """Hard negatives are a head option, set in the head's call-string."""
+  loss_fn = losses.build_loss({"name": head})
   batch = {**_clip_inputs(3, n=6, d=2), "logit_scale": jnp.float64(2.0)}
   loss, _, _ = jax.jit(loss_fn.apply)(batch, {}, step=STEP, rng=RNG)
   expected = ref.clip_selected_negatives(np.asarray(batch["image_emb"]),
@@ -100,8 +102,7 @@ def test_hard_negative_selection_modes(transform, select):
 
 def test_importance_with_beta_zero_is_plain_loss():
   plain = losses.build_loss({"name": "ntxent(temperature=0.5)"})
-  hard = losses.build_loss({"name": "ntxent(temperature=0.5)",
-                            "transforms": ["hard_negatives(beta=0.0)"]})
+  hard = losses.build_loss({"name": "ntxent(temperature=0.5, hard_negatives={'beta': 0.0})"})
   batch = {"z_a": jnp.asarray(_unit(1, (5, 3))), "z_b": jnp.asarray(_unit(2, (5, 3)))}
   a = jax.jit(plain.apply)(batch, {}, step=STEP, rng=RNG)[0]
   b = jax.jit(hard.apply)(batch, {}, step=STEP, rng=RNG)[0]
@@ -139,24 +140,63 @@ def test_learnable_temperature_parameterisation():
 
 
 def test_transform_output_unused_by_head_is_an_error():
-  loss_fn = losses.build_loss({"name": "vicreg", "transforms": ["chunked(block_size=2)"]})
+  loss_fn = losses.build_loss({"name": "vicreg", "transforms": ["memory_queue(size=8)"]})
   batch = {"z_a": jnp.ones((4, 3)), "z_b": jnp.ones((4, 3))}
-  with pytest.raises(ValueError, match="'block_size'.*does not take"):
-    jax.jit(loss_fn.apply)(batch, {}, step=STEP, rng=RNG)
+  with pytest.raises(KeyError, match="memory_queue needs input 'image_emb'"):
+    loss_fn.init(batch)
+  loss_fn = losses.build_loss({"name": "vicreg", "transforms": [
+      "memory_queue(size=8, inputs=('z_a', 'z_b'))"]})
+  state = loss_fn.init(batch)
+  with pytest.raises(ValueError, match="'negatives'.*does not take"):
+    jax.jit(loss_fn.apply)(batch, state, step=STEP, rng=RNG)
+
+
+def test_negatives_for_an_input_the_head_does_not_have():
+  loss_fn = losses.build_loss({"name": "ntxent", "transforms": ["memory_queue(size=8)"]})
+  batch = {"z_a": jnp.ones((4, 3)), "z_b": jnp.ones((4, 3)), "image_emb": jnp.ones((4, 3)),
+           "text_emb": jnp.ones((4, 3))}
+  with pytest.raises(ValueError, match=r"ntxent: negatives for \['image_emb', 'text_emb'\]"):
+    jax.jit(loss_fn.apply)(batch, loss_fn.init(batch), step=STEP, rng=RNG)
 
 
 @pytest.mark.parametrize("text,error,match", [
-    ("hard_negatives(mode='hardest')", ValueError, "unknown mode 'hardest'.*importance"),
-    ("hard_negatives(tau_plus=1.0)", ValueError, r"tau_plus=1.0 must be in \[0, 1\)"),
-    ("chunked(block_size=0)", ValueError, "positive int"),
     ("memory_queue(size=-1)", ValueError, "positive int"),
     ("memory_qeue(size=4)", KeyError, "Did you mean 'memory_queue'"),
-    ("chunked(size=4)", TypeError, r"accepts \(block_size=1024\)"),
     ("dynamic_temperature(output='tau')", ValueError, "logit_scale"),
+    ("chunked(block_size=4)", ValueError, r"option of the head.*clip\(block_size=1024\)"),
+    ("global_negatives()", ValueError, r"clip\(axis_name='data'\)"),
+    ("hard_negatives(beta=0.5)", ValueError, r"clip\(hard_negatives="),
 ])
 def test_transform_config_errors(text, error, match):
   with pytest.raises(error, match=match):
     losses.build_loss({"name": "clip", "transforms": [text]})
+
+
+@pytest.mark.parametrize("head,error,match", [
+    ("clip(hard_negatives={'mode': 'hardest'})", ValueError, "unknown mode 'hardest'.*importance"),
+    ("clip(hard_negatives={'tau_plus': 1.0})", ValueError, r"tau_plus=1.0 must be in \[0, 1\)"),
+    ("clip(hard_negatives={'bta': 1.0})", ValueError, r"unknown field\(s\) \['bta'\]"),
+    ("clip(block_size=0)", ValueError, "block_size must be a positive int"),
+    ("ntxent(axis_name='')", ValueError, "axis_name must name a mesh axis"),
+    ("vicreg(block_size=4)", TypeError, "unexpected keyword argument 'block_size'"),
+])
+def test_head_option_errors(head, error, match):
+  with pytest.raises(error, match=match):
+    losses.build_loss({"name": head})
+
+
+def test_hard_negatives_option_spellings_agree():
+  as_dict = losses.build_loss({"name": "clip(hard_negatives={'mode': 'importance', 'beta': 0.7})"})
+  as_mode = losses.build_loss({"name": "clip(hard_negatives='importance')"})
+  batch = {**_clip_inputs(4, n=6, d=3), "logit_scale": jnp.float64(2.0)}
+  direct = losses.clip(batch["image_emb"], batch["text_emb"], logit_scale=2.0,
+                       hard_negatives=losses.HardNegatives("importance", beta=0.7))[0]
+  np.testing.assert_allclose(jax.jit(as_dict.apply)(batch, {}, step=STEP, rng=RNG)[0], direct,
+                             rtol=1e-12)
+  default = losses.clip(batch["image_emb"], batch["text_emb"], logit_scale=2.0,
+                        hard_negatives=losses.HardNegatives())[0]
+  np.testing.assert_allclose(jax.jit(as_mode.apply)(batch, {}, step=STEP, rng=RNG)[0], default,
+                             rtol=1e-12)
 
 
 _LABELS = jnp.array([0, 1, 0, 2, 1, 1, 0])

@@ -79,11 +79,13 @@ def test_stage_boundaries():
 
 
 def test_moco_recipe_trains_with_momentum_keys_and_queue():
-  """EMA params feed momentum keys; the memory queue fills; global_negatives runs in the mesh."""
+  """EMA params feed momentum keys; the memory queue fills; negatives over the mesh's data
+  axis (the head's axis_name option) run in the mesh."""
   from configs import clip as clip_config
   cfg = clip_config.get_config("tiny")
   cfg.train = {"ema_decay": 0.9}
-  cfg.loss.transforms = ("momentum_keys()", "memory_queue(size=32)", "global_negatives()")
+  cfg.loss.name = "clip(axis_name='data')"
+  cfg.loss.transforms = ("momentum_keys()", "memory_queue(size=32)")
   config = config_lib.validate(cfg)
   run = setup.build_run(config)
   stage_run = setup.build_stage(run, run.stages[0])
