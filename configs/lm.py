@@ -4,8 +4,8 @@ Presets (``--config=configs/lm.py:PRESET``):
   default  a small LM that fits the caption set in minutes on 2 CPU cores.
   tiny     a seconds-long smoke run used by the tests.
 
-The image-text pipeline's ``text`` rows (``BOS tokens EOS PAD...``) are the training data;
-images in the batch are ignored by the ``lm`` task.
+The ``lm`` task asks the pipeline for its ``text`` view of the image-text set: the captions as
+``BOS tokens EOS PAD...`` rows, with no image in the batch.
 """
 
 import ml_collections
@@ -63,14 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "emoji"
   config.data.data_dir = ""
-  config.data.image_size = 32  # The pipeline decodes images too; the lm task ignores them.
   config.data.context_length = config.model.get_ref("context_length")
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.evals = ml_collections.ConfigDict({
       "lm": {"type": "perplexity", "prefix": "eval/"}})  # every: eval_every.
-  config.data.augment = ml_collections.ConfigDict()
-  config.data.augment.random_flip = False
-  config.data.augment.random_resized_crop = False
 
   return config

@@ -35,6 +35,7 @@ import numpy as np
 
 from mmie.data import augment, parallel, sources, tokenizer as tokenizer_lib
 from mmie.data.sources import config_value
+from mmie.data.spec import VIEW_KINDS
 
 # Decoding PNG/JPEG in pillow releases the GIL, so a few reader threads keep up with a step.
 DEFAULT_READ_THREADS = 4
@@ -44,6 +45,23 @@ DEFAULT_CACHE_MB = 1024
 def is_parallel_text(data_config: Any) -> bool:
   """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
   return parallel.is_parallel(config_value(data_config, "name", ""))
+
+
+VIEWS = VIEW_KINDS  # What a batch is (``Task.data_view``) -> the kind of source it reads.
+
+
+def resolve_view(data_config: Any, view: str | None) -> str:
+  """``view`` checked against the data's kind; None: the data's own (image-text or pairs)."""
+  kind = "parallel_text" if is_parallel_text(data_config) else "image_text"
+  if view is None:
+    return kind
+  if view not in VIEWS:
+    raise ValueError(f"unknown data view {view!r}; views are {sorted(VIEWS)}.")
+  if VIEWS[view] != kind:
+    raise ValueError(f"data view {view!r} reads {VIEWS[view].replace('_', '-')} sources, but "
+                     f"data.name={config_value(data_config, 'name', '')!r} is "
+                     f"{kind.replace('_', '-')} data.")
+  return view
 
 
 def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
@@ -222,6 +240,38 @@ class _LoadBatch:
             "text": np.stack([o["text"] for o in out])}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Captions:
+  """Record -> its captions and label; the image is dropped, never resized or augmented."""
+
+  to_example: Any
+
+  def __call__(self, record: Any) -> dict[str, Any]:
+    example = self.to_example(record)
+    return {"captions": list(example["captions"]), "label": example["label"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadText:
+  """A batch of (source, record index) -> ``{"text"}`` rows: a random caption per example,
+  drawn from ``default_rng([seed, position])`` as the image-text view draws it."""
+
+  records: tuple[_Records, ...]
+  tokenizer: tokenizer_lib.Tokenizer
+  context_length: int
+  seed: int
+
+  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    examples = _read_batch(self.records, batch)
+    first = batch_index * len(examples)
+    rows = []
+    for j, e in enumerate(examples):
+      captions = e["captions"]
+      pick = int(np.random.default_rng([self.seed, first + j]).integers(len(captions)))
+      rows.append(self.tokenizer.encode_one(captions[pick], self.context_length))
+    return {"text": np.stack(rows)}
+
+
 def _index_stream(sizes_and_weights: Sequence[tuple[str, int, float]], seeds: Sequence[int], *,
                   local_batch: int, process_index: int, process_count: int
                   ) -> tuple[grain.MapDataset, list[int]]:
@@ -274,13 +324,13 @@ def _build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
 
 
 def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.MapDataset:
+                        process_count: int = 1, view: str | None = None) -> grain.MapDataset:
   """The infinite batched MapDataset behind ``build_train_iterator`` (for benchmarks)."""
   local_batch = _check_sharding(batch_size, process_index, process_count)
-  if is_parallel_text(data_config):
+  view = resolve_view(data_config, view)
+  if view == "parallel_text":
     return _build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
                                    process_index=process_index, process_count=process_count)
-  augmenter = _augment(data_config)
   split = config_value(data_config, "train_split", "train")
   terms = sources.sources_for(data_config)
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
@@ -288,6 +338,12 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
            for source, weight in terms]
   ds, shard_sizes = _index_stream(sizes, seeds[1:], local_batch=local_batch,
                                   process_index=process_index, process_count=process_count)
+  if view == "text":
+    texts = tuple(_Records(source.records(split), _Captions(source.to_example), cache=True)
+                  for source, _ in terms)
+    return ds.map_with_index(_LoadText(texts, tokenizer_for(data_config),
+                                       int(data_config["context_length"]), seeds[0]))
+  augmenter = _augment(data_config)
   loaded = tuple(_records_for(data_config, source, split, augmenter.crop, shard_size)
                  for (source, _), shard_size in zip(terms, shard_sizes))
   return ds.map_with_index(_LoadBatch(loaded, augmenter, seeds[0]))
@@ -299,17 +355,19 @@ def _tag(source_id: int, record_id: int) -> tuple[int, int]:
 
 def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
                          process_index: int = 0, process_count: int = 1,
-                         read_threads: int = DEFAULT_READ_THREADS) -> grain.DatasetIterator:
+                         read_threads: int = DEFAULT_READ_THREADS,
+                         view: str | None = None) -> grain.DatasetIterator:
   """An infinite, shuffled, augmented iterator of this host's share of the training batches.
 
   ``batch_size`` is global; this host yields ``batch_size // process_count`` examples per
   batch from records ``process_index::process_count`` of each source's split. Epochs flow
   into each other, so no partial batch ever occurs. ``data.worker_count > 0`` adds grain
   worker processes (spawned; each keeps its own cache) for machines with spare cores; the
-  batches are the same as without them.
+  batches are the same as without them. ``view`` is what the task asks a batch to be
+  (``VIEWS``; the training loop passes ``Task.data_view``); None takes the data's own kind.
   """
   ds = build_train_dataset(data_config, batch_size=batch_size, seed=seed,
-                           process_index=process_index, process_count=process_count)
+                           process_index=process_index, process_count=process_count, view=view)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
   iter_ds = ds.to_iter_dataset(read_options=options)
   workers = int(config_value(data_config, "worker_count", 0))
@@ -319,19 +377,24 @@ def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
   return iter(iter_ds)
 
 
-def load_eval_split(data_config: Any, split: str | None = None) -> dict[str, Any]:
+def load_eval_split(data_config: Any, split: str | None = None,
+                    view: str | None = None) -> dict[str, Any]:
   """A whole split of the first source as numpy, unaugmented and in stored order.
 
   Returns ``image`` float32 [N, H, W, 3] (normalised like training), ``text`` int32 [M, L],
   ``label`` int32 [N] (-1 without labels), ``captions`` list[str] (M), ``class_names``
   list[str]. M = N (each image's first caption) unless images have several real captions;
   then all are kept and ``text_image_ids`` int32 [M] names each caption's image.
-  Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead.
+  Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead; the
+  ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images.
   """
   split = split or config_value(data_config, "eval_split", "validation")
-  if is_parallel_text(data_config):
+  view = resolve_view(data_config, view)
+  if view == "parallel_text":
     return _load_parallel_split(data_config, split)
   source = sources.source_for(data_config)
+  if view == "text":
+    return _load_text_split(data_config, source, split)
   records = _records_for(data_config, source, split, crop=False)
   examples = [e for start in range(0, len(records), 512)
               for e in records.get_many(range(start, min(start + 512, len(records))))]
@@ -353,6 +416,18 @@ def load_eval_split(data_config: Any, split: str | None = None) -> dict[str, Any
   if all_captions:
     out["text_image_ids"] = np.asarray(owners, np.int32)
   return out
+
+
+def _load_text_split(data_config: Any, source: sources.Source, split: str) -> dict[str, Any]:
+  """Every caption of the split (the LM's evaluation text), with no image decoded."""
+  records = _Records(source.records(split), _Captions(source.to_example), cache=False)
+  examples = [e for start in range(0, len(records), 512)
+              for e in records.get_many(range(start, min(start + 512, len(records))))]
+  captions = [c for e in examples for c in (e["captions"][:1] if source.templated
+                                            else e["captions"])]
+  return {"text": tokenizer_for(data_config).encode(captions, int(data_config["context_length"])),
+          "label": np.asarray([e["label"] for e in examples], np.int32),
+          "captions": captions, "class_names": list(source.class_names)}
 
 
 def _load_parallel_split(data_config: Any, split: str) -> dict[str, Any]:

@@ -18,6 +18,13 @@ from mmie.schema import ConfigError
 
 _ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError)
 
+# The data views a task may ask for (``Task.data_view``) -> the kind of source each reads.
+VIEW_KINDS = {
+    "image_text": "image_text",        # {"image", "text"}: one random caption per image.
+    "text": "image_text",              # {"text"}: the captions alone, images dropped.
+    "parallel_text": "parallel_text",  # {"source", "target"}: sentence pairs.
+}
+
 
 def check_spec(data_config: Any) -> str:
   """Checks ``data_config.name``; returns its kind, ``'image_text'`` or ``'parallel_text'``."""

@@ -42,7 +42,10 @@ def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], inputs: np.nda
 def _pipeline_loaders(config: Any) -> tuple[SplitLoader, PromptEncoder, Decoder]:
   from mmie.data import pipeline  # Deferred: building evaluators for fakes needs no tfds.
 
-  load = lambda split: pipeline.load_eval_split(config.data, split)
+  from mmie.tasks import TASKS  # The task says what an evaluation split is (its data view).
+  task = TASKS.get(config.get("task")) if hasattr(config, "get") else None
+  view = task.data_view if task is not None else None
+  load = lambda split: pipeline.load_eval_split(config.data, split, view=view)
   prompts = lambda names, templates: pipeline.encode_prompts(config.data, names, templates)
   tokenizer = functools.cache(lambda: pipeline.tokenizer_for(config.data))  # Once, not per row.
   decode = lambda ids: tokenizer().decode(ids)

@@ -38,7 +38,8 @@ class Task(NamedTuple):
   # its arrays ``model.init`` takes, in order.
   example_batch: Callable[[Any, int], dict[str, np.ndarray]] = image_text_example
   init_args: Callable[[Mapping[str, Any]], tuple[Any, ...]] = image_text_init_args
-  # What ``data.name`` must yield: 'image_text' (images + captions) or 'parallel_text'.
-  data_kind: str = "image_text"
+  # What a batch is (mmie/data/pipeline.py VIEWS): 'image_text', 'text' (captions alone) or
+  # 'parallel_text'. The pipeline builds the task's view; data.name must be of its kind.
+  data_view: str = "image_text"
   # ``config.evals`` when the config names none: {name: evaluator spec}.
   default_evals: Mapping[str, Mapping[str, Any]] = MappingProxyType({})

@@ -34,5 +34,5 @@ def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
 
 
 TASK = Task(name="lm", forward=forward, batch_keys=("text",), example_batch=example_batch,
-            init_args=lambda batch: (batch["text"][:, :-1],),
+            init_args=lambda batch: (batch["text"][:, :-1],), data_view="text",
             default_evals={"lm": {"type": "perplexity", "prefix": "eval/"}})

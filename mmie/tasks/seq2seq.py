@@ -52,5 +52,5 @@ def example_batch(config: Any, batch_size: int) -> dict[str, np.ndarray]:
 TASK = Task(name="seq2seq", forward=forward, batch_keys=("source", "target"),
             example_batch=example_batch,
             init_args=lambda batch: (batch["source"], batch["target"][:, :-1]),
-            data_kind="parallel_text",
+            data_view="parallel_text",
             default_evals={"bleu": {"type": "bleu", "prefix": "eval/"}})

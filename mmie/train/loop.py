@@ -106,7 +106,7 @@ class _Session:
     if jax.process_index() == 0:  # The checkpoints' token ids mean nothing without it.
       pipeline.tokenizer_for(config.data).save(os.path.join(workdir, "tokenizer.json"))
     self.data_iter = pipeline.build_train_iterator(
-        config.data, batch_size=config.batch_size, seed=config.seed,
+        config.data, batch_size=config.batch_size, seed=config.seed, view=run.task.data_view,
         process_index=jax.process_index(), process_count=jax.process_count())
     self.evaluators = default_evaluators(config, self.run.model)
     self.nonfinite_seen = 0

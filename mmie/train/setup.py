@@ -113,10 +113,11 @@ def build_run(config: Any, mesh: Mesh | None = None, *, check_data: bool = True)
 def _check_data(config: Any, task: Task) -> None:
   from mmie.data import spec as data_spec  # Deferred: the data layer is only parsed here.
   kind = data_spec.check_spec(config.data)
-  if kind != task.data_kind:
+  wanted = data_spec.VIEW_KINDS[task.data_view]
+  if kind != wanted:
     raise ConfigError(f"Config key data.name={config.data.name!r} is {kind.replace('_', '-')}"
                       f" data, but task={task.name!r} trains on"
-                      f" {task.data_kind.replace('_', '-')} data.")
+                      f" {wanted.replace('_', '-')} data.")
 
 
 def _check_evaluators(config: Any, model: Any) -> None:

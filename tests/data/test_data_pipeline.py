@@ -142,3 +142,31 @@ def test_worker_processes_give_the_same_batches_and_resume(make_data_config):
       "augment": {"random_flip": True, "random_resized_crop": True}}), batch_size=8, seed=0)
   resumed.set_state(state)
   assert_same(take(resumed, 2), expected[2:])
+
+
+def test_text_view_is_the_captions_of_the_image_text_view(make_data_config):
+  """The LM's ``text`` view draws the same caption at the same stream position as the
+  image-text view, without any image in the batch; resume is exact in it too."""
+  config = make_data_config()
+  image_text = take(pipeline.build_train_iterator(config, batch_size=8, seed=5), 3)
+  stream = pipeline.build_train_iterator(config, batch_size=8, seed=5, view="text")
+  text = take(stream, 2)
+  state = stream.get_state()
+  text.append(next(stream))
+  assert all(set(b) == {"text"} for b in text)
+  for a, b in zip(image_text, text):
+    np.testing.assert_array_equal(a["text"], b["text"])
+  resumed = pipeline.build_train_iterator(config, batch_size=8, seed=5, view="text")
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["text"], text[2]["text"])
+  split = pipeline.load_eval_split(config, view="text")
+  assert set(split) == {"text", "label", "captions", "class_names"}
+  assert len(split["captions"]) == len(split["text"])
+
+
+def test_a_view_of_the_wrong_kind_is_refused(make_data_config):
+  with pytest.raises(ValueError, match="data view 'parallel_text' reads parallel-text"):
+    pipeline.build_train_iterator(make_data_config(), batch_size=8, seed=0,
+                                  view="parallel_text")
+  with pytest.raises(ValueError, match="unknown data view 'pixels'"):
+    pipeline.build_train_iterator(make_data_config(), batch_size=8, seed=0, view="pixels")
