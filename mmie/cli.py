@@ -3,8 +3,9 @@
 ml_collections' config flag loads the file, locks the config, then defines one override flag
 per ``--config.*`` argument. Two things are added here:
 
-* defaults are filled in between loading and locking (:func:`mmie.config.fill_defaults`), so
-  every documented key can be overridden even when the file does not set it;
+* defaults are filled in between loading and locking, by each section's owner (the engine's
+  :func:`mmie.config.fill_defaults`, the model builder's, the evaluator registry's), so every
+  documented key can be overridden even when the file does not set it;
 * every mistake made on the command line (a missing file, a file without ``get_config``, an
   unknown preset, an unknown key, a value of the wrong type) becomes one line naming it and
   exit status 2, instead of a traceback from flag parsing.
@@ -52,8 +53,21 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"--config={spec}: get_config returned {type(config).__name__}, not an"
                       " ml_collections.ConfigDict.")
-  from mmie import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.fill_defaults(config)
+  return fill_all_defaults(config)
+
+
+def fill_all_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every section's defaults, each from its owner: the engine's, the model's (by
+  ``model.name``), the evaluators' (the task's defaults when ``evals`` is absent)."""
+  # pylint: disable=g-import-not-at-top
+  from mmie import config as config_lib
+  from mmie.evaluate.registry import fill_evals_defaults
+  from mmie.models.builder import fill_model_defaults
+  config_lib.fill_defaults(config)
+  if isinstance(config.get("model"), ml_collections.ConfigDict):
+    fill_model_defaults(config.model)
+  fill_evals_defaults(config)
+  return config
 
 
 def check_override_keys(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -1,13 +1,16 @@
-"""The run's config: every section's schema assembled, defaults filled, checked, frozen.
+"""The run's config: the engine's sections' schemas assembled, defaults filled, checked, frozen.
 
 Configs are Python files whose ``get_config(arg)`` returns an ``ml_collections.ConfigDict``.
-:func:`fill_defaults` writes every documented key's default into it *before* command-line
-overrides apply (``mmie/cli.py`` calls it between loading and locking), so any key can be
-overridden even when the file does not set it. :func:`validate` fills, checks every section
-against its owner's schema (unknown key with the closest match, wrong type, impossible value:
-one :class:`ConfigError` naming the key) and freezes. What needs the model's parameter names
-or the registries (losses, parameter rules, evaluators, data sources) is resolved next by
-``mmie.train.setup.build_run``, still before any data is prepared or anything compiled.
+:func:`fill_defaults` writes every default of the engine's sections (top level, optimizer,
+train, mesh, data, stages) into it *before* command-line overrides apply; ``mmie/cli.py``, the
+entry edge, calls it between loading and locking, together with the model's and the
+evaluators' own fillers, so any documented key can be overridden even when the file does not
+set it. :func:`validate` fills, checks every engine section against its owner's schema
+(unknown key with the closest match, wrong type, impossible value: one :class:`ConfigError`
+naming the key) and freezes. The model, loss, evaluator and data-source sections are checked
+by their owners in ``mmie.train.setup.build_run``, still before any data is prepared or
+anything compiled. This module imports only JAX-free schemas (and the stage resolver, which
+is plain Python): nothing of models or evaluation.
 """
 
 from __future__ import annotations
@@ -66,24 +69,14 @@ def _check_moved(config: Any) -> None:
 
 
 def fill_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Writes the defaults of every section (engine, data, model, evaluators) into ``config``.
-
-  In place, on an unlocked config; idempotent. The model's and the evaluators' schemas
-  depend on ``model.name`` / ``task`` and the evaluator types, so they are filled after those
-  are known; a bad name is left for :func:`validate` to report.
-  """
+  """Writes the defaults of the engine's sections into ``config``; in place, idempotent."""
   _check_moved(config)
   schema.fill_defaults(config, TOP_LEVEL)
-  from mmie.models.builder import fill_model_defaults  # Deferred: imports flax.
-  if isinstance(config.get("model"), ml_collections.ConfigDict):
-    fill_model_defaults(config.model)
   stages = config.get("stages") or {}
   for stage in stages.values():
     if isinstance(stage, ml_collections.ConfigDict) and isinstance(
         stage.get("optimizer"), ml_collections.ConfigDict):
       schema.fill_defaults(stage.optimizer, OPTIMIZER)
-  from mmie.evaluate.registry import fill_evals_defaults  # Deferred: imports JAX.
-  fill_evals_defaults(config)
   return config
 
 
@@ -110,8 +103,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDi
   if warmup >= config.total_steps:
     raise ConfigError(f"Config key optimizer.warmup_steps={warmup} must be below"
                       f" total_steps={config.total_steps}.")
-  from mmie.evaluate.registry import check_evals_config  # Deferred: imports JAX.
-  check_evals_config(config.evals)
   return ml_collections.FrozenConfigDict(config)
 
 

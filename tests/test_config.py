@@ -61,9 +61,11 @@ def test_missing_key(cfg):
 
 
 def test_defaults_are_filled_from_the_schemas(cfg):
-  """Keys the file never wrote exist after validation, with the owning schema's default."""
+  """Keys the file never wrote exist after filling, each with its owning schema's default."""
+  from mmie import cli  # pylint: disable=g-import-not-at-top
   del cfg["seed"]
-  frozen = config_lib.validate(cfg)
+  assert config_lib.validate(cfg).seed == 0  # The engine's own sections.
+  frozen = config_lib.validate(cli.fill_all_defaults(cfg))  # Model and evaluators too.
   assert frozen.seed == 0
   assert frozen.train.ema_decay is None and frozen.train.accumulation == "mean"
   assert frozen.mesh.data == -1 and frozen.data.augment.color_jitter == 0.0
@@ -85,9 +87,10 @@ def test_the_old_eval_section_points_to_evals(cfg):
     config_lib.validate(cfg)
 
 
-def test_bad_evaluator_spec_is_caught_by_validate(cfg):
+def test_bad_evaluator_spec_is_caught_by_the_up_front_build(cfg):
+  from mmie.train import setup  # pylint: disable=g-import-not-at-top
   cfg.evals = {"val": {"type": "retrieval", "ks": (1, 5), "every": 2, "blokc": 64}}
   with pytest.raises(config_lib.ConfigError, match="Unknown config key evals.val.blokc"):
-    config_lib.validate(cfg)
+    setup.build_run(config_lib.validate(cfg))
   cfg.evals = {"val": {"type": "retrieval", "every": 2}}
   assert config_lib.validate(cfg).evals.val.every == 2

@@ -121,8 +121,12 @@ def _check_data(config: Any, task: Task) -> None:
 
 
 def _check_evaluators(config: Any, model: Any) -> None:
-  from mmie.evaluate.registry import check_model  # Deferred: evaluation imports data.
-  check_model(config.get("evals", None) or {}, model)
+  """``config.evals`` (else the task's defaults): each spec's keys, and that it fits the model."""
+  # pylint: disable=g-import-not-at-top  (deferred: evaluation imports the data layer)
+  from mmie.evaluate.registry import check_evals_config, check_model, default_evals
+  evals = config.get("evals", None) or default_evals(config)
+  check_evals_config(evals)
+  check_model(evals, model)
 
 
 def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
