@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mmie.data import sources, sword as sword_lib, tokenizer as tokenizer_lib
+from mmie.data.schema import data_value
 from mmie.registry import Registry, parse_call
 
 SWORD_MODULES = {  # Debian: apt-get install sword-text-kjv sword-text-sparv
@@ -264,5 +265,5 @@ def _build(term: str, data_dir: str) -> ParallelSource:
 def sources_for(data_config: Any) -> list[tuple[ParallelSource, float]]:
   """Every (pair source, weight) of ``data_config.name``, prepared on first use."""
   data_dir = sources.resolve_data_dir(data_config)
-  spec = sources.config_value(data_config, "name", "")
+  spec = data_value(data_config, "name")
   return [(_build(term, data_dir), weight) for term, weight in sources.parse_mixture(spec)]

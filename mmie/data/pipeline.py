@@ -34,17 +34,16 @@ import grain
 import numpy as np
 
 from mmie.data import augment, parallel, sources, tokenizer as tokenizer_lib
-from mmie.data.sources import config_value
+from mmie.data.schema import data_value
 from mmie.data.spec import VIEW_KINDS
 
 # Decoding PNG/JPEG in pillow releases the GIL, so a few reader threads keep up with a step.
 DEFAULT_READ_THREADS = 4
-DEFAULT_CACHE_MB = 1024
 
 
 def is_parallel_text(data_config: Any) -> bool:
   """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
-  return parallel.is_parallel(config_value(data_config, "name", ""))
+  return parallel.is_parallel(data_value(data_config, "name"))
 
 
 VIEWS = VIEW_KINDS  # What a batch is (``Task.data_view``) -> the kind of source it reads.
@@ -59,14 +58,14 @@ def resolve_view(data_config: Any, view: str | None) -> str:
     raise ValueError(f"unknown data view {view!r}; views are {sorted(VIEWS)}.")
   if VIEWS[view] != kind:
     raise ValueError(f"data view {view!r} reads {VIEWS[view].replace('_', '-')} sources, but "
-                     f"data.name={config_value(data_config, 'name', '')!r} is "
+                     f"data.name={data_value(data_config, 'name')!r} is "
                      f"{kind.replace('_', '-')} data.")
   return view
 
 
 def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
   """``data.tokenizer`` (a tokenizer.json or HF directory) if set, else the first source's own."""
-  path = config_value(data_config, "tokenizer", "")
+  path = data_value(data_config, "tokenizer")
   if not path:
     if is_parallel_text(data_config):
       path = parallel.sources_for(data_config)[0][0].tokenizer_path
@@ -143,7 +142,7 @@ def _records_for(data_config: Any, source: sources.Source, split: str, crop: boo
   """
   records = source.records(split)
   working = _Working(source.to_example, int(data_config["image_size"]), crop)
-  budget = float(config_value(data_config, "cache_mb", DEFAULT_CACHE_MB)) * 2**20
+  budget = float(data_value(data_config, "cache_mb")) * 2**20
   cache = False
   if shard_size and budget > 0:
     one = working(records[0])
@@ -180,17 +179,16 @@ class _Augment:
 
 
 def _augment(data_config: Any) -> _Augment:
-  aug = config_value(data_config, "augment", {})
   return _Augment(
       tokenizer=tokenizer_for(data_config),
       image_size=int(data_config["image_size"]),
       context_length=int(data_config["context_length"]),
-      flip=bool(config_value(aug, "random_flip", False)),
-      crop=bool(config_value(aug, "random_resized_crop", False)),
-      crop_scale=tuple(config_value(aug, "crop_scale", (0.5, 1.0))),
-      jitter=float(config_value(aug, "color_jitter", 0.0)),
-      mean=tuple(config_value(data_config, "mean", augment.CLIP_MEAN)),
-      std=tuple(config_value(data_config, "std", augment.CLIP_STD)),
+      flip=bool(data_value(data_config, "random_flip", "augment")),
+      crop=bool(data_value(data_config, "random_resized_crop", "augment")),
+      crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
+      jitter=float(data_value(data_config, "color_jitter", "augment")),
+      mean=tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
+      std=tuple(data_value(data_config, "std") or augment.CLIP_STD),
   )
 
 
@@ -312,7 +310,7 @@ class _LoadPairs:
 
 def _build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
                             process_index: int, process_count: int) -> grain.MapDataset:
-  split = config_value(data_config, "train_split", "train")
+  split = data_value(data_config, "train_split")
   terms = parallel.sources_for(data_config)
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
   records = tuple(source.records(split) for source, _ in terms)
@@ -331,7 +329,7 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
   if view == "parallel_text":
     return _build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
                                    process_index=process_index, process_count=process_count)
-  split = config_value(data_config, "train_split", "train")
+  split = data_value(data_config, "train_split")
   terms = sources.sources_for(data_config)
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
   sizes = [(f"{source.name}:{split}", len(source.records(split)), weight)
@@ -370,7 +368,7 @@ def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
                            process_index=process_index, process_count=process_count, view=view)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
   iter_ds = ds.to_iter_dataset(read_options=options)
-  workers = int(config_value(data_config, "worker_count", 0))
+  workers = int(data_value(data_config, "worker_count"))
   if workers > 0:  # Python-bound augmentation scales with processes, not threads.
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                                per_worker_buffer_size=2))
@@ -388,7 +386,7 @@ def load_eval_split(data_config: Any, split: str | None = None,
   Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead; the
   ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images.
   """
-  split = split or config_value(data_config, "eval_split", "validation")
+  split = split or data_value(data_config, "eval_split")
   view = resolve_view(data_config, view)
   if view == "parallel_text":
     return _load_parallel_split(data_config, split)
@@ -406,8 +404,8 @@ def load_eval_split(data_config: Any, split: str | None = None,
     owners.extend([index] * len(kept))
   out = {
       "image": augment.normalize(np.stack([e["image"] for e in examples]),
-                                 tuple(config_value(data_config, "mean", augment.CLIP_MEAN)),
-                                 tuple(config_value(data_config, "std", augment.CLIP_STD))),
+                                 tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
+                                 tuple(data_value(data_config, "std") or augment.CLIP_STD)),
       "text": tokenizer_for(data_config).encode(captions, int(data_config["context_length"])),
       "label": np.asarray([e["label"] for e in examples], np.int32),
       "captions": captions,

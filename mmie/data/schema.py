@@ -7,6 +7,8 @@ anything is prepared (:func:`mmie.data.sources.check_spec`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from mmie.schema import Field, Section, non_negative, positive
 
 _NUM = (int, float)
@@ -42,3 +44,22 @@ DATA = {
     "std": Field(_SEQ + (type(None),), None, _THREE, "None (CLIP's RGB std) or 3 numbers"),
     "augment": Section(AUGMENT),
 }
+
+
+def data_value(data_config: Any, key: str, section: str = "") -> Any:
+  """``data.KEY`` (or ``data.augment.KEY`` with ``section='augment'``) of a ConfigDict or a
+  plain dict, else the schema's default: the one place a data key's default is written."""
+  schema = AUGMENT if section == "augment" else DATA
+  if key not in schema:
+    raise KeyError(f"data{'.' + section if section else ''}.{key} is not a data config key.")
+  node = data_config
+  if section:
+    try:
+      node = data_config[section]
+    except (KeyError, AttributeError, TypeError):
+      node = {}
+  try:
+    value = node[key]
+  except (KeyError, AttributeError, TypeError):
+    value = None
+  return schema[key].default if value is None else value

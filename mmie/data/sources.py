@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mmie.data import readers
+from mmie.data.schema import data_value
 from mmie.registry import Registry, parse_call
 
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "mmie", "tensorflow_datasets")
@@ -66,15 +67,6 @@ class Source:
 SOURCES: Registry[Source] = Registry("data source")
 
 
-def config_value(data_config: Any, key: str, default: Any = None) -> Any:
-  """``data_config[key]`` for a ConfigDict, FrozenConfigDict or dict, ``default`` if absent."""
-  try:
-    value = data_config[key]
-  except (KeyError, AttributeError, TypeError):
-    return default
-  return default if value is None else value
-
-
 def group_bucket(group: str) -> float:
   """A uniform number in [0, 1) from a group name, for splitting: a record's split depends on
   its group alone, never on the rest of the data, so adding data never moves old records."""
@@ -83,7 +75,7 @@ def group_bucket(group: str) -> float:
 
 def resolve_data_dir(data_config: Any) -> str:
   """Where prepared TFDS data lives: config.data.data_dir, else $MMIE_DATA_DIR, else ~/.cache."""
-  data_dir = config_value(data_config, "data_dir", "") or os.environ.get("MMIE_DATA_DIR", "")
+  data_dir = data_value(data_config, "data_dir") or os.environ.get("MMIE_DATA_DIR", "")
   return os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
 
 
@@ -292,7 +284,7 @@ def _build_source(spec: str, data_dir: str) -> Source:
 
 def sources_for(data_config: Any) -> list[tuple[Source, float]]:
   """Every (source, weight) of ``data_config.name``, prepared on first use (cached)."""
-  spec = config_value(data_config, "name", "")
+  spec = data_value(data_config, "name")
   if not spec:
     raise ValueError("config.data.name is empty; set it to a data source such as 'emoji' "
                      f"(known: {', '.join(SOURCES)}).")

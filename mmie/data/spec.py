@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from mmie.data import parallel, sources
+from mmie.data.schema import data_value
 from mmie.registry import parse_call
 from mmie.schema import ConfigError
 
@@ -28,7 +29,7 @@ VIEW_KINDS = {
 
 def check_spec(data_config: Any) -> str:
   """Checks ``data_config.name``; returns its kind, ``'image_text'`` or ``'parallel_text'``."""
-  spec = sources.config_value(data_config, "name", "")
+  spec = data_value(data_config, "name")
   try:
     kind = "parallel_text" if parallel.is_parallel(spec) else "image_text"
     for term, _ in sources.parse_mixture(spec):
