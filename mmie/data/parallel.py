@@ -34,7 +34,7 @@ from typing import Any
 
 from mmie.data import sources, sword as sword_lib, tokenizer as tokenizer_lib
 from mmie.data.schema import data_value
-from mmie.registry import Registry, parse_call
+from mmie.registry import Registry
 
 SWORD_MODULES = {  # Debian: apt-get install sword-text-kjv sword-text-sparv
     "en": os.path.join(sword_lib.SWORD_ROOT, "modules", "texts", "ztext", "engKJV2006eb"),
@@ -171,16 +171,6 @@ def pairs(path: str, validation_fraction: float = 0.02, max_chars: int = 600,
 PAIR_SOURCES: Registry[PairPlan] = Registry("parallel text source")
 PAIR_SOURCES.register("sword", sword)
 PAIR_SOURCES.register("pairs", pairs)
-
-
-def is_parallel(spec: str) -> bool:
-  """Whether the data call-string ``spec`` names a pair source (not an image-text one)."""
-  names = {parse_call(term).name for term, _ in sources.parse_mixture(spec)}
-  kinds = {name in PAIR_SOURCES for name in names}
-  if len(kinds) > 1:
-    raise ValueError(f"config.data.name {spec!r} mixes parallel-text sources "
-                     f"({', '.join(PAIR_SOURCES)}) with image-text ones; use one kind.")
-  return kinds == {True}
 
 
 def _clean(text: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmie.data import augment, parallel, sources, tokenizer as tokenizer_lib
+from mmie.data import augment, catalog, parallel, sources, tokenizer as tokenizer_lib
 from mmie.data.schema import data_value
 from mmie.data.spec import VIEW_KINDS
 
@@ -43,7 +43,7 @@ DEFAULT_READ_THREADS = 4
 
 def is_parallel_text(data_config: Any) -> bool:
   """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
-  return parallel.is_parallel(data_value(data_config, "name"))
+  return catalog.kind_of(data_value(data_config, "name")) == "parallel_text"
 
 
 VIEWS = VIEW_KINDS  # What a batch is (``Task.data_view``) -> the kind of source it reads.

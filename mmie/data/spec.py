@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mmie.data import parallel, sources
+from mmie.data import catalog, parallel, sources
 from mmie.data.schema import data_value
 from mmie.registry import parse_call
 from mmie.schema import ConfigError
@@ -31,7 +31,7 @@ def check_spec(data_config: Any) -> str:
   """Checks ``data_config.name``; returns its kind, ``'image_text'`` or ``'parallel_text'``."""
   spec = data_value(data_config, "name")
   try:
-    kind = "parallel_text" if parallel.is_parallel(spec) else "image_text"
+    kind = catalog.kind_of(spec)  # Every name looked up in the one catalog of sources.
     for term, _ in sources.parse_mixture(spec):
       _check_term(term, kind)
   except ConfigError:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmie.data import parallel, pipeline, sword
+from mmie.data import catalog, parallel, pipeline, sword
 from mmie.train import loop
 
 KJV, RV = parallel.SWORD_MODULES["en"], parallel.SWORD_MODULES["es"]
@@ -164,7 +164,7 @@ def test_jsonl_pairs_and_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="validation_fraction"):
     parallel.pairs(str(path), validation_fraction=1.0)
   with pytest.raises(ValueError, match="mixes parallel-text sources"):
-    parallel.is_parallel(f"emoji + pairs(path='{path}')")
+    catalog.kind_of(f"emoji + pairs(path='{path}')")
 
 
 @pytest.fixture(scope="module")
