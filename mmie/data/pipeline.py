@@ -26,52 +26,21 @@ sharding, shuffling, mixing and resume guarantees.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from mmie.data import augment, catalog, parallel, sources, tokenizer as tokenizer_lib
+from mmie.data import augment, sources, text_views, tokenizer as tokenizer_lib
+from mmie.data.records import Records, check_sharding, index_stream, read_batch
 from mmie.data.schema import data_value
-from mmie.data.spec import VIEW_KINDS
+from mmie.data.spec import VIEW_KINDS as VIEWS, is_parallel_text, resolve_view, tokenizer_for
 
 # Decoding PNG/JPEG in pillow releases the GIL, so a few reader threads keep up with a step.
+
+
 DEFAULT_READ_THREADS = 4
-
-
-def is_parallel_text(data_config: Any) -> bool:
-  """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
-  return catalog.kind_of(data_value(data_config, "name")) == "parallel_text"
-
-
-VIEWS = VIEW_KINDS  # What a batch is (``Task.data_view``) -> the kind of source it reads.
-
-
-def resolve_view(data_config: Any, view: str | None) -> str:
-  """``view`` checked against the data's kind; None: the data's own (image-text or pairs)."""
-  kind = "parallel_text" if is_parallel_text(data_config) else "image_text"
-  if view is None:
-    return kind
-  if view not in VIEWS:
-    raise ValueError(f"unknown data view {view!r}; views are {sorted(VIEWS)}.")
-  if VIEWS[view] != kind:
-    raise ValueError(f"data view {view!r} reads {VIEWS[view].replace('_', '-')} sources, but "
-                     f"data.name={data_value(data_config, 'name')!r} is "
-                     f"{kind.replace('_', '-')} data.")
-  return view
-
-
-def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
-  """``data.tokenizer`` (a tokenizer.json or HF directory) if set, else the first source's own."""
-  path = data_value(data_config, "tokenizer")
-  if not path:
-    if is_parallel_text(data_config):
-      path = parallel.sources_for(data_config)[0][0].tokenizer_path
-    else:
-      path = sources.source_for(data_config).tokenizer_path
-  return tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,44 +67,8 @@ class _Working:
     return {"image": image, "captions": list(example["captions"]), "label": example["label"]}
 
 
-class _Records(Sequence):
-  """``working(records[i])``, memoised in memory when ``cache`` (filled lazily, thread-safe).
-
-  ``get_many`` reads uncached records in one batched call: array_record serves a batch of
-  random reads ~10x faster per record than single reads of a large file.
-  """
-
-  def __init__(self, records: Sequence[Any], working: _Working, cache: bool):
-    self._records, self._working = records, working
-    self._memo: list[Any] | None = [None] * len(records) if cache else None
-
-  def __len__(self) -> int:
-    return len(self._records)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    if self._memo is None:
-      return self._working(self._records[index])
-    value = self._memo[index]
-    if value is None:  # Two threads may both compute it: same value, harmless.
-      value = self._memo[index] = self._working(self._records[index])
-    return value
-
-  def get_many(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-    memo = self._memo
-    missing = [i for i in indices if memo is None or memo[i] is None]
-    loaded = {}
-    if missing:
-      many = getattr(self._records, "__getitems__", None)
-      raw = many(missing) if many else [self._records[i] for i in missing]
-      loaded = {i: self._working(r) for i, r in zip(missing, raw)}
-      if memo is not None:
-        for i, value in loaded.items():
-          memo[i] = value
-    return [loaded[i] if i in loaded else memo[i] for i in indices]
-
-
 def _records_for(data_config: Any, source: sources.Source, split: str, crop: bool,
-                 shard_size: int | None = None) -> _Records:
+                 shard_size: int | None = None) -> Records:
   """The split as working examples, cached when ``shard_size`` of them fit ``data.cache_mb``.
 
   ``shard_size=None`` never caches (a single pass, as evaluation makes, gains nothing).
@@ -148,7 +81,7 @@ def _records_for(data_config: Any, source: sources.Source, split: str, crop: boo
     one = working(records[0])
     per_example = one["image"].nbytes + sum(len(c) for c in one["captions"]) + 600
     cache = per_example * shard_size <= budget
-  return _Records(records, working, cache)
+  return Records(records, working, cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,29 +125,6 @@ def _augment(data_config: Any) -> _Augment:
   )
 
 
-def _check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count), got process_index="
-                     f"{process_index}, process_count={process_count}.")
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} must be a positive multiple of the process "
-                     f"count {process_count}: each host loads batch_size // process_count.")
-  return batch_size // process_count
-
-
-def _read_batch(per_source: Sequence[Any], batch: tuple[np.ndarray, np.ndarray]) -> list[Any]:
-  """The records of a batch of ``(source id, record id)``, in batch order, read with one
-  ``get_many(ids)`` call per source (batched random reads are much faster)."""
-  source_ids, record_ids = (np.asarray(a) for a in batch)
-  rows: list[Any] = [None] * len(record_ids)
-  for k, records in enumerate(per_source):
-    slots = np.flatnonzero(source_ids == k)
-    if len(slots):
-      for slot, row in zip(slots, records.get_many(record_ids[slots].tolist())):
-        rows[slot] = row
-  return rows
-
-
 @dataclasses.dataclass(frozen=True)
 class _LoadBatch:
   """A batch of (source, record index) -> stacked training arrays.
@@ -224,12 +134,12 @@ class _LoadBatch:
   randomness depends only on the seed and its stream position (resume-exact, per-epoch new).
   """
 
-  records: tuple[_Records, ...]
+  records: tuple[Records, ...]
   augmenter: _Augment
   seed: int
 
   def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
-    examples = _read_batch(self.records, batch)
+    examples = read_batch(self.records, batch)
     first = batch_index * len(examples)
     out = [self.augmenter(e, np.random.default_rng([self.seed, first + j]))
            for j, e in enumerate(examples)]
@@ -238,117 +148,28 @@ class _LoadBatch:
             "text": np.stack([o["text"] for o in out])}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Captions:
-  """Record -> its captions and label; the image is dropped, never resized or augmented."""
-
-  to_example: Any
-
-  def __call__(self, record: Any) -> dict[str, Any]:
-    example = self.to_example(record)
-    return {"captions": list(example["captions"]), "label": example["label"]}
-
-
-@dataclasses.dataclass(frozen=True)
-class _LoadText:
-  """A batch of (source, record index) -> ``{"text"}`` rows: a random caption per example,
-  drawn from ``default_rng([seed, position])`` as the image-text view draws it."""
-
-  records: tuple[_Records, ...]
-  tokenizer: tokenizer_lib.Tokenizer
-  context_length: int
-  seed: int
-
-  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
-    examples = _read_batch(self.records, batch)
-    first = batch_index * len(examples)
-    rows = []
-    for j, e in enumerate(examples):
-      captions = e["captions"]
-      pick = int(np.random.default_rng([self.seed, first + j]).integers(len(captions)))
-      rows.append(self.tokenizer.encode_one(captions[pick], self.context_length))
-    return {"text": np.stack(rows)}
-
-
-def _index_stream(sizes_and_weights: Sequence[tuple[str, int, float]], seeds: Sequence[int], *,
-                  local_batch: int, process_index: int, process_count: int
-                  ) -> tuple[grain.MapDataset, list[int]]:
-  """Batches of ``(source id, record id)``: per-host shards, shuffled, repeated and mixed.
-
-  Each source ``(name, size, weight)`` is sharded ``process_index::process_count`` and
-  shuffled on its own, then sources interleave in proportion to weight x shard size.
-  Returns the stream and each source's shard size.
-  """
-  streams, weights, shard_sizes = [], [], []
-  for k, ((name, size, weight), shuffle_seed) in enumerate(zip(sizes_and_weights, seeds)):
-    shard = grain.MapDataset.range(size)[process_index::process_count]
-    if len(shard) == 0:
-      raise ValueError(f"process {process_index} of {process_count} got no records of "
-                       f"{name!r} ({size} in all).")
-    shard_sizes.append(len(shard))
-    stream = shard.shuffle(seed=shuffle_seed).repeat(None)
-    streams.append(stream.map(functools.partial(_tag, k)))
-    weights.append(weight * len(shard))
-  ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-  return ds.batch(local_batch, drop_remainder=True), shard_sizes
-
-
-@dataclasses.dataclass(frozen=True)
-class _LoadPairs:
-  """A batch of (source, record index) -> ``{"source", "target"}`` token rows."""
-
-  records: tuple[Sequence[dict[str, str]], ...]
-  tokenizer: tokenizer_lib.Tokenizer
-  context_length: int
-
-  def __call__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
-    rows = _read_batch(self.records, batch)
-    encode = lambda side: np.stack([self.tokenizer.encode_one(r[side], self.context_length)
-                                    for r in rows])
-    return {"source": encode("source"), "target": encode("target")}
-
-
-def _build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
-                            process_index: int, process_count: int) -> grain.MapDataset:
-  split = data_value(data_config, "train_split")
-  terms = parallel.sources_for(data_config)
-  seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
-  records = tuple(source.records(split) for source, _ in terms)
-  ds, _ = _index_stream([(f"{s.name}:{split}", len(r), w) for (s, w), r in zip(terms, records)],
-                        seeds[1:], local_batch=local_batch, process_index=process_index,
-                        process_count=process_count)
-  return ds.map(_LoadPairs(records, tokenizer_for(data_config),
-                           int(data_config["context_length"])))
-
-
 def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process_index: int = 0,
                         process_count: int = 1, view: str | None = None) -> grain.MapDataset:
   """The infinite batched MapDataset behind ``build_train_iterator`` (for benchmarks)."""
-  local_batch = _check_sharding(batch_size, process_index, process_count)
+  local_batch = check_sharding(batch_size, process_index, process_count)
   view = resolve_view(data_config, view)
   if view == "parallel_text":
-    return _build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
-                                   process_index=process_index, process_count=process_count)
+    return text_views.build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
+                                             process_index=process_index,
+                                             process_count=process_count)
   split = data_value(data_config, "train_split")
   terms = sources.sources_for(data_config)
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
   sizes = [(f"{source.name}:{split}", len(source.records(split)), weight)
            for source, weight in terms]
-  ds, shard_sizes = _index_stream(sizes, seeds[1:], local_batch=local_batch,
-                                  process_index=process_index, process_count=process_count)
+  ds, shard_sizes = index_stream(sizes, seeds[1:], local_batch=local_batch,
+                                 process_index=process_index, process_count=process_count)
   if view == "text":
-    texts = tuple(_Records(source.records(split), _Captions(source.to_example), cache=True)
-                  for source, _ in terms)
-    return ds.map_with_index(_LoadText(texts, tokenizer_for(data_config),
-                                       int(data_config["context_length"]), seeds[0]))
+    return text_views.build_text_dataset(ds, terms, split, data_config, seeds[0])
   augmenter = _augment(data_config)
   loaded = tuple(_records_for(data_config, source, split, augmenter.crop, shard_size)
                  for (source, _), shard_size in zip(terms, shard_sizes))
   return ds.map_with_index(_LoadBatch(loaded, augmenter, seeds[0]))
-
-
-def _tag(source_id: int, record_id: int) -> tuple[int, int]:
-  return source_id, record_id
 
 
 def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
@@ -389,10 +210,10 @@ def load_eval_split(data_config: Any, split: str | None = None,
   split = split or data_value(data_config, "eval_split")
   view = resolve_view(data_config, view)
   if view == "parallel_text":
-    return _load_parallel_split(data_config, split)
+    return text_views.load_parallel_split(data_config, split)
   source = sources.source_for(data_config)
   if view == "text":
-    return _load_text_split(data_config, source, split)
+    return text_views.load_text_split(data_config, source, split)
   records = _records_for(data_config, source, split, crop=False)
   examples = [e for start in range(0, len(records), 512)
               for e in records.get_many(range(start, min(start + 512, len(records))))]
@@ -416,31 +237,6 @@ def load_eval_split(data_config: Any, split: str | None = None,
   return out
 
 
-def _load_text_split(data_config: Any, source: sources.Source, split: str) -> dict[str, Any]:
-  """Every caption of the split (the LM's evaluation text), with no image decoded."""
-  records = _Records(source.records(split), _Captions(source.to_example), cache=False)
-  examples = [e for start in range(0, len(records), 512)
-              for e in records.get_many(range(start, min(start + 512, len(records))))]
-  captions = [c for e in examples for c in (e["captions"][:1] if source.templated
-                                            else e["captions"])]
-  return {"text": tokenizer_for(data_config).encode(captions, int(data_config["context_length"])),
-          "label": np.asarray([e["label"] for e in examples], np.int32),
-          "captions": captions, "class_names": list(source.class_names)}
-
-
-def _load_parallel_split(data_config: Any, split: str) -> dict[str, Any]:
-  """A pair split: ``source`` / ``target`` int32 [N, L], and the texts as ``sources`` and
-  ``references`` (what BLEU scores generations against)."""
-  records = parallel.sources_for(data_config)[0][0].records(split)
-  rows = [r for start in range(0, len(records), 1024)
-          for r in records.get_many(range(start, min(start + 1024, len(records))))]
-  tokenizer, length = tokenizer_for(data_config), int(data_config["context_length"])
-  return {"source": tokenizer.encode([r["source"] for r in rows], length),
-          "target": tokenizer.encode([r["target"] for r in rows], length),
-          "sources": [r["source"] for r in rows],
-          "references": [r["target"] for r in rows]}
-
-
 def encode_prompts(data_config: Any, class_names: Sequence[str],
                    templates: Sequence[str]) -> np.ndarray:
   """Zero-shot prompts ``template.format(class_name)`` tokenised: int32 [C, T, L]."""
@@ -453,3 +249,9 @@ def encode_prompts(data_config: Any, class_names: Sequence[str],
   texts = [t.format(name) for name in class_names for t in templates]
   ids = tokenizer_for(data_config).encode(texts, int(data_config["context_length"]))
   return ids.reshape(len(class_names), len(templates), -1)
+
+
+__all__ = [  # tokenizer_for, is_parallel_text and VIEWS are re-exported from spec.py.
+    "DEFAULT_READ_THREADS", "VIEWS", "build_train_dataset", "build_train_iterator",
+    "encode_prompts", "is_parallel_text", "load_eval_split", "resolve_view", "tokenizer_for",
+]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mmie.data import catalog, parallel, sources
+from mmie.data import catalog, parallel, sources, tokenizer as tokenizer_lib
 from mmie.data.schema import data_value
 from mmie.registry import parse_call
 from mmie.schema import ConfigError
@@ -52,3 +52,33 @@ def _check_term(term: str, kind: str) -> None:
     raise FileNotFoundError(f"{name}: {path} does not exist.")
   if registry is not sources.SOURCES:
     registry.build(term)  # A plan checks its own files and options; nothing is read yet.
+
+
+def is_parallel_text(data_config: Any) -> bool:
+  """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
+  return catalog.kind_of(data_value(data_config, "name")) == "parallel_text"
+
+
+def resolve_view(data_config: Any, view: str | None) -> str:
+  """``view`` checked against the data's kind; None: the data's own (image-text or pairs)."""
+  kind = "parallel_text" if is_parallel_text(data_config) else "image_text"
+  if view is None:
+    return kind
+  if view not in VIEW_KINDS:
+    raise ValueError(f"unknown data view {view!r}; views are {sorted(VIEW_KINDS)}.")
+  if VIEW_KINDS[view] != kind:
+    raise ValueError(f"data view {view!r} reads {VIEW_KINDS[view].replace('_', '-')} sources, but "
+                     f"data.name={data_value(data_config, 'name')!r} is "
+                     f"{kind.replace('_', '-')} data.")
+  return view
+
+
+def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
+  """``data.tokenizer`` (a tokenizer.json or HF directory) if set, else the first source's own."""
+  path = data_value(data_config, "tokenizer")
+  if not path:
+    if is_parallel_text(data_config):
+      path = parallel.sources_for(data_config)[0][0].tokenizer_path
+    else:
+      path = sources.source_for(data_config).tokenizer_path
+  return tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias(path))
