@@ -101,7 +101,7 @@ def tiny_form(command: str, runs: str, pets: str, package: str) -> list[str]:
   command = re.sub(r"\s\[[^\]]*\]", "", command)  # [--optional] parts.
   command = command.replace("<examples/s of the train step>", "100")
   command = command.replace("~/pets", pets).replace("/data/pets", f"{runs}/pets_prepared")
-  command = re.sub(r"\bruns/", f"{runs}/", command)
+  command = re.sub(r"(?<![\w/.])runs/", f"{runs}/", command)  # Not inside paths put in above.
   argv = shlex.split(command)
   argv[0] = sys.executable
   out = []
@@ -141,7 +141,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def _pets(folder) -> str:
-  """A small image-caption folder in the README's layout (captions.jsonl and .csv)."""
+  """A small image-caption folder in the README's layout: captions.jsonl, and the same rows as
+  labels.csv for docs/data.md's example of a captions file with another name."""
   rng = np.random.default_rng(0)
   os.makedirs(folder / "img")
   rows = []
@@ -155,7 +156,7 @@ def _pets(folder) -> str:
                  "label": colour})
   with open(folder / "captions.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  with open(folder / "captions.csv", "w") as f:
+  with open(folder / "labels.csv", "w") as f:
     f.write("file,caption,label\n")
     f.writelines(f"{r['file']},{r['caption']},{r['label']}\n" for r in rows)
   return str(folder)
@@ -185,7 +186,9 @@ def _package(folder) -> str:
 def test_documented_commands_run(tmp_path):
   runs, data = str(tmp_path / "runs"), str(tmp_path / "data")
   pets, package = _pets(tmp_path / "pets"), _package(tmp_path / "package")
-  env = {**os.environ, "MMIE_DATA_DIR": data}
+  # As a user's shell runs them: without the 8 fake devices this test process was given
+  # (the AOT command sets its own device count and refuses a conflicting XLA_FLAGS).
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "MMIE_DATA_DIR": data}
   done, failures = set(), []
   for page, command in documented_commands():
     if command in NOT_RUN or PROSE.get(command, command) in done:
