@@ -9,10 +9,11 @@ factory accepts.
 from __future__ import annotations
 
 import ast
-import difflib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
+
+from mmie.schema import suggestion
 
 T = TypeVar("T")
 
@@ -80,9 +81,7 @@ class Registry(Generic[T]):
   def get(self, name: str) -> Callable[..., T]:
     """The factory called ``name``; an unknown name lists what exists and the closest match."""
     if name not in self._factories:
-      close = difflib.get_close_matches(name, self._factories, n=1)
-      hint = f" Did you mean {close[0]!r}?" if close else ""
-      raise KeyError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: "
+      raise KeyError(f"unknown {self.kind} {name!r}.{suggestion(name, self._factories)} Known {self.kind}s: "
                      f"{', '.join(sorted(self._factories))}.")
     return self._factories[name]
 

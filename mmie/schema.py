@@ -67,17 +67,6 @@ class Section:
 Schema = Mapping[str, Union[Field, Section]]
 
 
-def as_field(spec: Any) -> Field | Section:
-  """A Field, a Section, or the short form ``(types, default)`` used by the model builders."""
-  if isinstance(spec, (Field, Section)):
-    return spec
-  types, default = spec
-  if any(isinstance(t, type) and t in (ml_collections.ConfigDict,) for t in types) or \
-      Mapping in types:
-    return Section({}, required=default is REQUIRED, open=True)
-  return Field(tuple(types), default)
-
-
 def positive(x: Any) -> bool:
   return x > 0
 
@@ -133,7 +122,6 @@ def check(section: Any, schema: Schema, prefix: str = "") -> None:
     if key not in schema:
       raise unknown_key_error(f"{prefix}{key}", key, schema)
   for key, spec in schema.items():
-    spec = as_field(spec)
     name = f"{prefix}{key}"
     if key not in keys:
       if spec.required:
@@ -163,7 +151,6 @@ def placeholder_for(field: Field) -> Any:
 def fill_defaults(config: ml_collections.ConfigDict, schema: Schema) -> None:
   """Writes every missing default (and typed placeholders for unset optional keys) in place."""
   for key, spec in schema.items():
-    spec = as_field(spec)
     present = key in config
     if isinstance(spec, Section):
       if not present:

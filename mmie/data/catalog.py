@@ -11,11 +11,11 @@ which kind each task's batches read.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, NamedTuple
 
 from mmie.data import parallel, sources
 from mmie.registry import Registry, parse_call
+from mmie.schema import suggestion
 
 KINDS = ("image_text", "parallel_text")
 
@@ -43,9 +43,7 @@ CATALOG: dict[str, Entry] = _catalog()
 def lookup(name: str) -> Entry:
   """The catalogued source ``name``; an unknown name lists every source and the closest."""
   if name not in CATALOG:
-    close = difflib.get_close_matches(name, CATALOG, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"unknown data source {name!r}.{hint} Known data sources: "
+    raise KeyError(f"unknown data source {name!r}.{suggestion(name, CATALOG)} Known data sources: "
                    f"{', '.join(sorted(CATALOG))}.")
   return CATALOG[name]
 

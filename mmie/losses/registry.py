@@ -17,7 +17,6 @@ Everything is registered here by explicit import; nowhere else.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import optax
 from mmie.losses import (classification, contrastive, pairwise, queue, redundancy, transforms,
                          weighting)
 from mmie.registry import Registry, bind_arguments, describe_signature, parse_call
+from mmie.schema import suggestion
 from mmie.losses.core import Loss, Transform, make_loss
 
 HEADS: Registry[Any] = Registry("loss head")
@@ -71,9 +71,8 @@ def _as_mapping(config: Any, where: str) -> Mapping[str, Any]:
 def _check_keys(cfg: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
   unknown = sorted(set(cfg) - set(allowed))
   if unknown:
-    close = difflib.get_close_matches(unknown[0], allowed, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"{where} has unknown key(s) {unknown}.{hint} Allowed: {list(allowed)}.")
+    raise KeyError(f"{where} has unknown key(s) {unknown}.{suggestion(unknown[0], allowed)}"
+                   f" Allowed: {list(allowed)}.")
 
 
 def bind_head(text: str) -> tuple[str, Callable[..., Any], dict[str, Any]]:

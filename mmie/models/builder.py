@@ -19,40 +19,44 @@ from mmie.models import text as text_lib
 from mmie.models import two_towers
 from mmie.models import vit as vit_lib
 
-REQUIRED = object()
+Field, REQUIRED = schema_lib.Field, schema_lib.REQUIRED
+# A tower section; its keys depend on its ``name`` and are checked by its own builder.
+TOWER = schema_lib.Section({}, required=True, open=True)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
 _OPT_INT, _OPT_FLOAT, _OPT_BOOL, _OPT_STR = (int, type(None)), (int, float, type(None)), \
     (bool, type(None)), (str, type(None))
 
-# key -> (allowed types, default). Keys absent from a config take the default.
-MODEL_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "name": (_STR, REQUIRED), "embed_dim": (_INT, REQUIRED),
-    "logit_scale_init": (_FLOAT, math.log(1 / 0.07)), "logit_scale_max": (_FLOAT, 100.0),
-    "logit_bias_init": (_OPT_FLOAT, None), "dtype": (_STR, "float32"),
-    "param_dtype": (_STR, "float32"), "remat": (_BOOL, False), "scan_layers": (_BOOL, False),
-    "image": ((Mapping, ml_collections.ConfigDict), REQUIRED),
-    "text": ((Mapping, ml_collections.ConfigDict), REQUIRED),
+# key -> Field(allowed types, default). Keys absent from a config take the default.
+MODEL_KEYS: schema_lib.Schema = {
+    "name": Field(_STR, REQUIRED), "embed_dim": Field(_INT, REQUIRED),
+    "logit_scale_init": Field(_FLOAT, math.log(1 / 0.07)), "logit_scale_max": Field(_FLOAT, 100.0),
+    "logit_bias_init": Field(_OPT_FLOAT, None), "dtype": Field(_STR, "float32"),
+    "param_dtype": Field(_STR, "float32"), "remat": Field(_BOOL, False),
+    "scan_layers": Field(_BOOL, False), "image": TOWER, "text": TOWER,
 }
-_TOWER_COMMON = {
-    "name": (_STR, REQUIRED), "activation": (_STR, "gelu"), "layer_norm_eps": (_FLOAT, 1e-5),
-    "num_kv_heads": (_OPT_INT, None), "dropout_rate": (_FLOAT, 0.0),
-    "remat": (_OPT_BOOL, None), "scan_layers": (_OPT_BOOL, None),  # None: model-level value.
+_TOWER_COMMON = {  # remat / scan_layers None: the model-level value.
+    "name": Field(_STR, REQUIRED), "activation": Field(_STR, "gelu"),
+    "layer_norm_eps": Field(_FLOAT, 1e-5), "num_kv_heads": Field(_OPT_INT, None),
+    "dropout_rate": Field(_FLOAT, 0.0), "remat": Field(_OPT_BOOL, None),
+    "scan_layers": Field(_OPT_BOOL, None),
 }
 VIT_KEYS = {
-    **_TOWER_COMMON, "image_size": (_INT, REQUIRED), "num_channels": (_INT, 3),
-    "variant": (_OPT_STR, None), "patch_size": (_OPT_INT, None), "width": (_OPT_INT, None),
-    "depth": (_OPT_INT, None), "num_heads": (_OPT_INT, None), "mlp_dim": (_OPT_INT, None),
-    "pool": (_STR, "cls"), "class_token": (_OPT_BOOL, None), "ln_pre": (_BOOL, True),
-    "patch_bias": (_BOOL, False), "positions": (_STR, "learned"),
+    **_TOWER_COMMON, "image_size": Field(_INT, REQUIRED), "num_channels": Field(_INT, 3),
+    "variant": Field(_OPT_STR, None), "patch_size": Field(_OPT_INT, None),
+    "width": Field(_OPT_INT, None), "depth": Field(_OPT_INT, None),
+    "num_heads": Field(_OPT_INT, None), "mlp_dim": Field(_OPT_INT, None),
+    "pool": Field(_STR, "cls"), "class_token": Field(_OPT_BOOL, None), "ln_pre": Field(_BOOL, True),
+    "patch_bias": Field(_BOOL, False), "positions": Field(_STR, "learned"),
 }
 TEXT_KEYS = {
-    **_TOWER_COMMON, "vocab_size": (_INT, REQUIRED), "context_length": (_INT, REQUIRED),
-    "width": (_INT, REQUIRED), "depth": (_INT, REQUIRED), "num_heads": (_INT, REQUIRED),
-    "mlp_dim": (_INT, REQUIRED), "causal": (_BOOL, True), "pool": (_STR, "eos"),
-    "eos_id": (_OPT_INT, None), "pad_id": (_OPT_INT, 0), "type_vocab_size": (_INT, 0),
-    "embed_norm": (_BOOL, False), "final_norm": (_BOOL, True), "norm": (_STR, "pre"),
-    "positions": (_STR, "learned"), "rope_base": (_FLOAT, 10_000.0),
+    **_TOWER_COMMON, "vocab_size": Field(_INT, REQUIRED), "context_length": Field(_INT, REQUIRED),
+    "width": Field(_INT, REQUIRED), "depth": Field(_INT, REQUIRED),
+    "num_heads": Field(_INT, REQUIRED), "mlp_dim": Field(_INT, REQUIRED),
+    "causal": Field(_BOOL, True), "pool": Field(_STR, "eos"), "eos_id": Field(_OPT_INT, None),
+    "pad_id": Field(_OPT_INT, 0), "type_vocab_size": Field(_INT, 0),
+    "embed_norm": Field(_BOOL, False), "final_norm": Field(_BOOL, True), "norm": Field(_STR, "pre"),
+    "positions": Field(_STR, "learned"), "rope_base": Field(_FLOAT, 10_000.0),
 }
 _VARIANT_KEYS = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
 
@@ -63,28 +67,15 @@ def _as_dict(section: Any) -> dict[str, Any]:
   return dict(section)
 
 
-def resolve_keys(section: Any, schema: Mapping[str, tuple[tuple[type, ...], Any]],
-                 where: str) -> dict[str, Any]:
-  """Checks ``section`` against ``schema`` (unknown, missing, mistyped keys) and fills defaults."""
+def resolve_keys(section: Any, schema: schema_lib.Schema, where: str) -> dict[str, Any]:
+  """Checks ``section`` against ``schema`` (unknown, missing, mistyped keys) and fills defaults.
+
+  Errors are ``schema.ConfigError`` naming the key (``where.key``) and what is allowed.
+  """
   values = _as_dict(section)
-  unknown = sorted(set(values) - set(schema))
-  if unknown:
-    raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(schema)}.")
-  resolved = {}
-  for key, (types, default) in schema.items():
-    if key not in values:
-      if default is REQUIRED:
-        raise ValueError(f"{where}.{key} is required but missing.")
-      resolved[key] = default
-      continue
-    value = values[key]
-    bad_bool = isinstance(value, bool) and bool not in types
-    if bad_bool or not isinstance(value, tuple(types)):
-      names = [t.__name__ for t in types]
-      raise ValueError(f"{where}.{key}={value!r} has type {type(value).__name__}; "
-                       f"expected one of {names}.")
-    resolved[key] = value
-  return resolved
+  schema_lib.check(values, schema, f"{where}.")
+  return {key: values[key] if key in values else spec.default
+          for key, spec in schema.items() if key in values or not spec.required}
 
 
 def parse_dtype(name: str, where: str) -> Any:

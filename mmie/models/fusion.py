@@ -21,7 +21,6 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from mmie.models import builder
 from mmie.models import layers
@@ -327,7 +326,7 @@ class FusionModel(nn.Module):
 
 
 def fusion_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
-  """(config.model keys, config.model.fusion keys) -> (allowed types, default).
+  """(config.model keys, config.model.fusion keys), each key -> ``Field(types, default)``.
 
   A function, not constants, so that ``builder`` may import this module at its top (the
   schemas need ``builder``'s finished attributes; the import cycle then resolves lazily).
@@ -335,12 +334,16 @@ def fusion_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
   model_keys = {key: builder.MODEL_KEYS[key] for key in (
       "name", "embed_dim", "logit_scale_init", "logit_scale_max", "dtype", "param_dtype",
       "remat", "scan_layers", "image", "text")}
-  model_keys["fusion"] = ((Mapping, ml_collections.ConfigDict), builder.REQUIRED)
+  model_keys["fusion"] = builder.TOWER  # Checked below against fusion_keys.
   fusion_keys = {
-      "kind": ((str,), builder.REQUIRED), "depth": ((int,), builder.REQUIRED),
-      "num_heads": ((int,), builder.REQUIRED), "mlp_dim": ((int,), builder.REQUIRED),
-      "num_kv_heads": ((int, type(None)), None), "activation": ((str,), "gelu"),
-      "layer_norm_eps": ((int, float), 1e-5), "dropout_rate": ((int, float), 0.0),
+      "kind": builder.Field((str,), builder.REQUIRED),
+      "depth": builder.Field((int,), builder.REQUIRED),
+      "num_heads": builder.Field((int,), builder.REQUIRED),
+      "mlp_dim": builder.Field((int,), builder.REQUIRED),
+      "num_kv_heads": builder.Field((int, type(None)), None),
+      "activation": builder.Field((str,), "gelu"),
+      "layer_norm_eps": builder.Field((int, float), 1e-5),
+      "dropout_rate": builder.Field((int, float), 0.0),
   }
   return model_keys, fusion_keys
 

@@ -345,23 +345,25 @@ def _check_max_length(model: _TransformerCommon, max_length: int) -> None:
 
 
 def schema(name: str) -> dict[str, Any]:
-  """config.model keys of 'seq2seq' or 'lm' -> (allowed types, default). A function so that
+  """config.model keys of 'seq2seq' or 'lm' -> ``Field(types, default)``. A function so that
   ``builder`` may import this module at its top (see ``fusion.fusion_schemas``)."""
-  required = builder.REQUIRED
+  required, Field = builder.REQUIRED, builder.Field  # pylint: disable=invalid-name
   common = {
-      "name": (_STR, required), "vocab_size": (_INT, required), "width": (_INT, required),
-      "num_heads": (_INT, required), "mlp_dim": (_INT, required),
-      "context_length": (_INT, required), "num_kv_heads": ((int, type(None)), None),
-      "positions": (_STR, "learned"), "rope_base": (_FLOAT, 10_000.0),
-      "activation": (_STR, "gelu"), "norm": (_STR, "pre"), "layer_norm_eps": (_FLOAT, 1e-5),
-      "dropout_rate": (_FLOAT, 0.0), "tie_embeddings": ((bool,), True), "pad_id": (_INT, 0),
-      "bos_id": (_INT, 1), "eos_id": (_INT, 2), "remat": ((bool,), False),
-      "scan_layers": ((bool,), False), "dtype": (_STR, "float32"),
-      "param_dtype": (_STR, "float32"),
+      "name": Field(_STR, required), "vocab_size": Field(_INT, required),
+      "width": Field(_INT, required), "num_heads": Field(_INT, required),
+      "mlp_dim": Field(_INT, required), "context_length": Field(_INT, required),
+      "num_kv_heads": Field((int, type(None)), None), "positions": Field(_STR, "learned"),
+      "rope_base": Field(_FLOAT, 10_000.0), "activation": Field(_STR, "gelu"),
+      "norm": Field(_STR, "pre"), "layer_norm_eps": Field(_FLOAT, 1e-5),
+      "dropout_rate": Field(_FLOAT, 0.0), "tie_embeddings": Field((bool,), True),
+      "pad_id": Field(_INT, 0), "bos_id": Field(_INT, 1), "eos_id": Field(_INT, 2),
+      "remat": Field((bool,), False), "scan_layers": Field((bool,), False),
+      "dtype": Field(_STR, "float32"), "param_dtype": Field(_STR, "float32"),
   }
   if name == "seq2seq":
-    return {**common, "encoder_depth": (_INT, required), "decoder_depth": (_INT, required)}
-  return {**common, "depth": (_INT, required)}
+    return {**common, "encoder_depth": Field(_INT, required),
+            "decoder_depth": Field(_INT, required)}
+  return {**common, "depth": Field(_INT, required)}
 
 
 def _common_kwargs(c: dict[str, Any]) -> dict[str, Any]:

@@ -153,10 +153,10 @@ def test_builders_check_keys():
   base = dict(name="lm", vocab_size=VOCAB, width=16, num_heads=2, mlp_dim=32,
               context_length=LENGTH, depth=1)
   assert isinstance(seq2seq.build_lm(base), seq2seq.DecoderLM)
-  with pytest.raises(ValueError, match="unknown key"):
+  with pytest.raises(ValueError, match="Unknown config key"):
     seq2seq.build_lm({**base, "encoder_depth": 1})
   with pytest.raises(ValueError, match="positions='alibi' is not known"):
     seq2seq.build_lm({**base, "positions": "alibi"})
-  with pytest.raises(ValueError, match="encoder_depth is required"):
+  with pytest.raises(ValueError, match="Missing config key model.encoder_depth"):
     seq2seq.build_seq2seq({**{k: v for k, v in base.items() if k != "depth"},
                            "name": "seq2seq", "decoder_depth": 1})

@@ -196,7 +196,7 @@ def test_eos_pooling_positions():
     ({"image.name": "resnet"}, "model.image.name='resnet' is not known"),
     ({"name": "three_tower"}, "model.name='three_tower'"),
     ({"text.pool": "max"}, "model.text.pool='max'"),
-    ({"image.widht": 3}, "unknown key(s) ['widht']"),
+    ({"image.widht": 3}, "Unknown config key model.image.widht. Did you mean 'width'?"),
     ({"dtype": "float8"}, "model.dtype='float8'"),
     ({"image.variant": "B/16"}, "implies patch_size=16 but model.image.patch_size=8"),
 ])
