@@ -42,8 +42,8 @@ def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], inputs: np.nda
 def _pipeline_loaders(config: Any) -> tuple[SplitLoader, PromptEncoder, Decoder]:
   from mmie.data import pipeline  # Deferred: building evaluators for fakes needs no tfds.
 
-  from mmie.tasks import TASKS  # The task says what an evaluation split is (its data view).
-  task = TASKS.get(config.get("task")) if hasattr(config, "get") else None
+  from mmie.tasks import TASKS, task_name  # The task says what a split is (its data view).
+  task = TASKS.get(task_name(config.get("task"))) if hasattr(config, "get") else None
   view = task.data_view if task is not None else None
   load = lambda split: pipeline.load_eval_split(config.data, split, view=view)
   prompts = lambda names, templates: pipeline.encode_prompts(config.data, names, templates)

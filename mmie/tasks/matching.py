@@ -23,14 +23,19 @@ from mmie.tasks.base import Task
 Array = jax.Array
 
 
-def sample_hard_negatives(similarity: Array, rng: Array, positive: Array | None = None
-                          ) -> tuple[Array, Array, Array, Array]:
+def sample_hard_negatives(similarity: Array, rng: Array, positive: Array | None = None,
+                          random_fraction: float = 0.0) -> tuple[Array, Array, Array, Array]:
   """Samples one negative text per image and one negative image per text.
+
+  Each negative is drawn from ``(1 - random_fraction) * softmax(similarity)`` plus
+  ``random_fraction`` spread uniformly over the non-matching candidates: 0 is ALBEF's pure
+  hard-negative sampling, 1 uniform random negatives.
 
   Args:
     similarity: [B, B] image-to-text logits (row i: image i against every text), already
       scaled by the temperature; gradients are stopped here.
     rng: PRNG key.
+    random_fraction: the uniform share of the sampling distribution, in [0, 1].
     positive: [B, B] bool, True where (image i, text j) match; the identity when None. Pass
       it when a batch holds several captions of one image (BLIP's image ids).
 
@@ -44,14 +49,35 @@ def sample_hard_negatives(similarity: Array, rng: Array, positive: Array | None 
                      f"{similarity.shape}.")
   if similarity.shape[0] < 2:
     raise ValueError("sample_hard_negatives: a batch of 1 has no negatives; use batch >= 2.")
+  if not 0.0 <= random_fraction <= 1.0:
+    raise ValueError(f"matching: random_negatives={random_fraction} must be in [0, 1].")
   batch = similarity.shape[0]
   positive = jnp.eye(batch, dtype=bool) if positive is None else positive.astype(bool)
   logits = jnp.where(positive, -jnp.inf, jax.lax.stop_gradient(similarity).astype(jnp.float32))
-  text_rng, image_rng = jax.random.split(rng)
-  text_for_image = jax.random.categorical(text_rng, logits, axis=1)
-  image_for_text = jax.random.categorical(image_rng, logits.T, axis=1)
   has_negative = ~positive
+  text_rng, image_rng = jax.random.split(rng)
+  text_for_image = jax.random.categorical(
+      text_rng, _candidate_logits(logits, has_negative, random_fraction), axis=1)
+  image_for_text = jax.random.categorical(
+      image_rng, _candidate_logits(logits.T, has_negative.T, random_fraction), axis=1)
   return (text_for_image, image_for_text, has_negative.any(axis=1), has_negative.any(axis=0))
+
+
+def _candidate_logits(logits: Array, candidate: Array, fraction: float) -> Array:
+  """Per-row log-probabilities of ``(1 - f) softmax(logits) + f uniform`` over ``candidate``.
+
+  ``logits`` is -inf off the candidates. A row without candidates gets zeros (its draw is
+  masked out by the caller), never NaN.
+  """
+  if fraction == 0.0:
+    return logits
+  any_candidate = candidate.any(axis=1, keepdims=True)
+  safe = jnp.where(any_candidate, logits, 0.0)
+  hard = jax.nn.log_softmax(safe, axis=1)
+  uniform = -jnp.log(jnp.maximum(candidate.sum(axis=1, keepdims=True), 1).astype(logits.dtype))
+  mixed = jnp.logaddexp(jnp.log1p(-fraction) + hard if fraction < 1.0 else -jnp.inf,
+                        jnp.log(fraction) + uniform)
+  return jnp.where(any_candidate, jnp.where(candidate, mixed, -jnp.inf), 0.0)
 
 
 def itm_pairs(image_tokens: Array, text_tokens: Array, text_valid: Array,
@@ -71,8 +97,14 @@ def _positive_mask(batch: Mapping[str, Array]) -> Array | None:
 
 
 def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.Array], *,
-            rng: jax.Array, train: bool, ema_params: Any = None) -> dict[str, jax.Array]:
+            rng: jax.Array, train: bool, ema_params: Any = None,
+            random_negatives: float = 0.0) -> dict[str, jax.Array]:
   """``mmie.models.fusion.FusionModel`` on a batch of pairs -> ITC and ITM loss inputs.
+
+  ``random_negatives`` (the task option ``task="matching(random_negatives=0.5)"``) is the
+  uniform share of the negative sampling (``sample_hard_negatives``). Models trained from
+  scratch need it: pure hard negatives of untrained embeddings are near-duplicate captions,
+  and the ITM head then settles at the class prior (always "no match").
 
   With ``ema_params`` (``train.ema_decay``) it also returns the momentum encoder's detached
   ``image_emb_momentum`` / ``text_emb_momentum`` (ALBEF's momentum distillation keys).
@@ -86,7 +118,7 @@ def forward(apply_fn: Callable[..., Any], params: Any, batch: Mapping[str, jax.A
                  train=train, method="encode", rngs={"dropout": dropout_rng})
   similarity = out["logit_scale"] * out["image_emb"] @ out["text_emb"].T
   text_for_image, image_for_text, image_ok, text_ok = sample_hard_negatives(
-      similarity, negatives_rng, _positive_mask(batch))
+      similarity, negatives_rng, _positive_mask(batch), random_negatives)
   images, texts, valid = itm_pairs(out["image_tokens"], out["text_tokens"], out["text_valid"],
                                    text_for_image, image_for_text)
   logits = apply_fn(variables, images, texts, valid, train=train, method="match",

@@ -50,6 +50,49 @@ def test_sampler_respects_pair_ids_and_flags_rows_without_negatives():
   np.testing.assert_array_equal(text_ok[0], [True, True, True, True, True])
 
 
+def test_random_negatives_mix_the_softmax_with_a_uniform_share():
+  """p(j | i) = (1 - f) softmax_j(s_ij) + f / (number of candidates), over j not matching i."""
+  fraction, draws = 0.4, 4000
+  ids = np.array([0, 0, 1, 2, 3])  # Row 0 has 3 candidates, row 2 has 4: unequal uniforms.
+  positive = ids[:, None] == ids[None, :]
+  similarity = np.random.default_rng(2).normal(scale=3.0, size=(5, 5)).astype(np.float32)
+  sample = jax.jit(jax.vmap(lambda s, k, p: matching.sample_hard_negatives(s, k, p, fraction),
+                            in_axes=(None, 0, None)))
+  keys = jax.random.split(jax.random.key(2), draws)
+  texts, images, _, _ = map(np.asarray, sample(similarity, keys, positive))
+  for direction, draws_of, sims in (("texts", texts, similarity), ("images", images,
+                                                                  similarity.T)):
+    for i in range(5):
+      candidate = ~positive[i] if direction == "texts" else ~positive[:, i]
+      logits = np.where(candidate, sims[i].astype(np.float64), -np.inf)
+      soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+      expected = (1 - fraction) * soft + fraction * candidate / candidate.sum()
+      freq = np.bincount(draws_of[:, i], minlength=5) / draws
+      assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / draws)
+                    + 1e-9), (direction, i, freq, expected)
+  everything = jnp.ones((5, 5), bool)  # No candidate anywhere: flagged, never NaN.
+  texts, images, image_ok, text_ok = matching.sample_hard_negatives(
+      jnp.asarray(similarity), jax.random.key(3), everything, 1.0)
+  assert not np.asarray(image_ok).any() and not np.asarray(text_ok).any()
+  assert np.all((np.asarray(texts) >= 0) & (np.asarray(texts) < 5))
+  with pytest.raises(ValueError, match=r"random_negatives=1.5 must be in \[0, 1\]"):
+    matching.sample_hard_negatives(jnp.asarray(similarity), jax.random.key(0), None, 1.5)
+
+
+def test_task_options_are_bound_from_the_call_string():
+  from mmie.config import ConfigError
+  from mmie.tasks import get_task
+  task = get_task("matching(random_negatives=0.25)")
+  assert task.forward.keywords == {"random_negatives": 0.25}
+  assert get_task("matching") is get_task("matching")  # No options: the registered task.
+  with pytest.raises(ConfigError, match=r"takes keyword options \(random_negatives=0.0\)"):
+    get_task("matching(hard=1)")
+  with pytest.raises(ConfigError, match="takes keyword options \\(none\\)"):
+    get_task("contrastive(x=1)")
+  with pytest.raises(ConfigError, match="cannot parse"):
+    get_task("matching(")
+
+
 def test_sampler_defaults_to_the_diagonal_and_rejects_bad_shapes():
   similarity, key = jnp.arange(9.0).reshape(3, 3), jax.random.key(5)
   default = matching.sample_hard_negatives(similarity, key)
