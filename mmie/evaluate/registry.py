@@ -85,9 +85,11 @@ EVALUATORS: dict[str, EvaluatorType] = {
                       lambda c: tuple(_data(c, "prompt_templates", ("{}",)))),
         "ks": (_KS, (1, 5))}),
     "linear_probe": EvaluatorType(contrastive.linear_probe, {
-        **_FEATURES, "l2": (Field(_NUM + _SEQ), (1e-3, 1e-2, 1e-1, 1.0))}),
+        **_FEATURES, "l2": (Field(_NUM + _SEQ), (1e-5, 1e-4, 1e-3, 1e-2))}),
     "knn": EvaluatorType(contrastive.knn, {
-        **_FEATURES, "k": (Field(_INT, check=_pos, allowed="> 0"), 20),
+        **_FEATURES, "k": (Field(_INT + _SEQ, check=lambda k: all(
+            isinstance(x, int) and x > 0 for x in ([k] if isinstance(k, int) else k)),
+                                 allowed="> 0, or a list of them such as (20, 200)"), 20),
         "temperature": (Field(_NUM, check=_pos, allowed="> 0"), 0.07)}),
     "representation": EvaluatorType(contrastive.representation_diagnostics, {
         "collapse_ratio": (Field(_NUM, check=_pos, allowed="> 0"), 0.1),
@@ -130,6 +132,18 @@ def _matching(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
 EVALUATORS["matching"] = EvaluatorType(_matching, {
     "ks": (_KS, (1, 5, 10)),
     "rerank_k": (Field(_INT, check=_pos, allowed="> 0"), 16)})
+
+def _vision(kind: str) -> Factory:
+  def build(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
+    from mmie.evaluate import vision  # pylint: disable=g-import-not-at-top
+    return getattr(vision, kind)(spec, ctx)
+  return build
+
+
+EVALUATORS["classification"] = EvaluatorType(_vision("classification"), {"ks": (_KS, (1, 5))})
+EVALUATORS["collapse"] = EvaluatorType(_vision("collapse"), {
+    "collapse_ratio": (Field(_NUM, check=_pos, allowed="> 0"), 0.1),
+    "max_samples": (Field(_INT, check=lambda x: x > 1, allowed="> 1"), 4096)})
 
 SUITE = ("retrieval", "zeroshot", "representation")
 EVALUATORS["contrastive"] = EvaluatorType(_contrastive_suite, {
@@ -185,7 +199,12 @@ def _is_class(name: str) -> Callable[[Any], bool]:
 # Which models each evaluator type can evaluate, and how to say so.
 _MODEL_NEEDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{kind: (_is_dual_encoder, "a dual encoder (model.name='two_tower')") for kind in (
-        "retrieval", "zeroshot", "linear_probe", "knn", "representation", "contrastive")},
+        "retrieval", "zeroshot", "representation", "contrastive")},
+    **{kind: (lambda model: hasattr(model, "encode_image"),
+              "a model with image features (model.name='two_tower' or 'image_encoder')")
+       for kind in ("linear_probe", "knn", "collapse")},
+    "classification": (lambda model: getattr(model, "num_classes", 0) > 0,
+                       "an image_encoder with a classifier (model.num_classes > 0)"),
     "matching": (lambda model: hasattr(model, "match"), "a fusion model (model.name='fusion')"),
     "perplexity": (_is_class("DecoderLM"), "a decoder-only LM (model.name='lm')"),
     "bleu": (_is_class("Seq2SeqTransformer"), "an encoder-decoder (model.name='seq2seq')"),
@@ -205,8 +224,8 @@ def check_model(evals: Any, model: Any) -> None:
 
 def default_evals(config: Any) -> dict[str, dict[str, Any]]:
   """The task's default evaluators (``Task.default_evals``), or none for an unknown task."""
-  from mmie.tasks import TASKS  # pylint: disable=g-import-not-at-top
-  task = TASKS.get(config.get("task"))
+  from mmie.tasks import TASKS, task_name  # pylint: disable=g-import-not-at-top
+  task = TASKS.get(task_name(config.get("task")))
   return {} if task is None else {k: dict(v) for k, v in task.default_evals.items()}
 
 

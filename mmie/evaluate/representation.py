@@ -120,12 +120,29 @@ def representation_metrics(image_emb: np.ndarray, text_emb: np.ndarray,
   metrics = {"alignment": alignment(paired_images, text_emb),
              "modality_gap": modality_gap(image_emb, text_emb)}
   for name, emb in (("image", image_emb), ("text", text_emb)):
-    sample = subset(emb)
-    metrics[f"{name}_uniformity"] = uniformity(sample)
-    metrics[f"{name}_effective_rank"] = effective_rank(sample)
-    for key, value in collapse_summary(emb, collapse_ratio).items():
-      metrics[f"{name}_{key}"] = value
+    metrics.update(_health(emb, name, subset(emb), collapse_ratio))
   warn_on_collapse(metrics, image_emb.shape[1], collapse_ratio)
+  return metrics
+
+
+def _health(emb: np.ndarray, name: str, sample: np.ndarray, ratio: float) -> dict[str, float]:
+  metrics = {f"{name}_uniformity": uniformity(sample),
+             f"{name}_effective_rank": effective_rank(sample)}
+  for key, value in collapse_summary(emb, ratio).items():
+    metrics[f"{name}_{key}"] = value
+  return metrics
+
+
+def single_modality_metrics(emb: np.ndarray, name: str = "image", *,
+                            collapse_ratio: float = DEFAULT_COLLAPSE_RATIO,
+                            max_samples: int = 4096, seed: int = 0) -> dict[str, float]:
+  """The per-modality diagnostics (``{name}_uniformity``, ``_effective_rank``, spread) of one
+  set of L2-normalised embeddings, e.g. an SSL backbone's features; warns on collapse."""
+  emb = _rows(emb, name)
+  rng = np.random.default_rng(seed)
+  sample = emb if len(emb) <= max_samples else emb[rng.choice(len(emb), max_samples, False)]
+  metrics = _health(emb, name, sample, collapse_ratio)
+  warn_on_collapse(metrics, emb.shape[1], collapse_ratio)
   return metrics
 
 

@@ -123,6 +123,8 @@ def make_run_plots(workdir: str, config: Any, params: Any, model: Any, *,
     records = plots.read_metrics(metrics_path)
     if records:
       paths.append(plots.plot_training_curves(records, os.path.join(out, "training_curves.png")))
+  if not hasattr(model, "encode_text"):  # Image-only models: no image-text plots to make.
+    return paths
   ctx = context or EvalContext(config, model)
   split_name = config.data.get("eval_split", "validation")
   split = ctx.split(split_name)
@@ -153,7 +155,8 @@ def make_run_plots(workdir: str, config: Any, params: Any, model: Any, *,
 def plots_hook(workdir: str, config: Any, params: Any, model: Any) -> None:
   """The end-of-run hook ``main.py`` registers: every plot of a trained image-text run.
 
-  Skipped when ``config.plots`` is False or the model has no image tower to embed with.
+  Skipped when ``config.plots`` is False or the model has no image tower to embed with; an
+  image-only model (``image_encoder``) gets its training curves.
   """
   if not config.get("plots", True) or not hasattr(model, "encode_image"):
     return

@@ -34,3 +34,25 @@ def cross_entropy(logits: Array, targets: Array, *, mask: Array | None = None,
   correct = (jnp.argmax(logits, -1) == targets).astype(log_p.dtype)
   return loss, {"loss": loss, "nll": jnp.sum(nll * weight) / denom,
                 "accuracy": jnp.sum(correct * weight) / denom, "num_targets": count}
+
+
+def soft_cross_entropy(logits: Array, soft_targets: Array, *,
+                       label_smoothing: float | Array = 0.0) -> tuple[Array, Metrics]:
+  """Cross-entropy against a target distribution (mixup / CutMix), averaged over examples.
+
+  ``logits`` and ``soft_targets`` are ``[..., classes]``; each row of ``soft_targets`` sums
+  to 1. Label smoothing e mixes the targets with the uniform distribution first,
+  ``(1 - e) q + e / classes`` (timm's ``mixup_target``). Metrics: ``accuracy`` of the argmax
+  against the targets' argmax (the larger-weight label of a mixed pair), and the unsmoothed
+  ``nll``.
+  """
+  if logits.shape != soft_targets.shape:
+    raise ValueError(f"soft_cross_entropy: logits {tuple(logits.shape)} and soft_targets "
+                     f"{tuple(soft_targets.shape)} must have one shape [..., classes].")
+  log_p = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+  q = soft_targets.astype(log_p.dtype)
+  smoothed = (1.0 - label_smoothing) * q + label_smoothing / logits.shape[-1]
+  loss = jnp.mean(-jnp.sum(smoothed * log_p, axis=-1))
+  nll = jnp.mean(-jnp.sum(q * log_p, axis=-1))
+  correct = (jnp.argmax(logits, -1) == jnp.argmax(q, -1)).astype(log_p.dtype)
+  return loss, {"loss": loss, "nll": nll, "accuracy": jnp.mean(correct)}

@@ -36,7 +36,7 @@ SCHEDULES: Registry[weighting.Schedule] = Registry("weight schedule")
 for _fn in (contrastive.clip, contrastive.siglip, contrastive.ntxent, contrastive.dcl,
             contrastive.dclw, contrastive.supcon, redundancy.vicreg, redundancy.barlow_twins,
             redundancy.decorrelation, redundancy.feature_consistency,
-            classification.cross_entropy):
+            classification.cross_entropy, classification.soft_cross_entropy):
   HEADS.register(_fn.__name__, _fn)
 for _fn in (queue.memory_queue, queue.momentum_keys, transforms.dynamic_temperature,
             transforms.learnable_temperature):

@@ -186,9 +186,14 @@ def _build_lm(model_config: Any) -> nn.Module:
   return seq2seq.build_lm(model_config)
 
 
+def _build_image_encoder(model_config: Any) -> nn.Module:
+  from mmie.models import vision
+  return vision.build_image_encoder(model_config)
+
+
 MODELS: dict[str, Callable[[Any], nn.Module]] = {
     "two_tower": _build_two_tower, "fusion": _build_fusion, "seq2seq": _build_seq2seq,
-    "lm": _build_lm,
+    "lm": _build_lm, "image_encoder": _build_image_encoder,
 }
 
 
@@ -213,6 +218,11 @@ def model_schema(model_config: Any) -> dict[str, Any]:
   if name in ("seq2seq", "lm"):
     from mmie.models import seq2seq  # pylint: disable=g-import-not-at-top
     return seq2seq.schema(name)
+  if name == "image_encoder":
+    from mmie.models import vision  # pylint: disable=g-import-not-at-top
+    keys = dict(vision.MODEL_KEYS)
+    keys["image"] = TOWER_SCHEMAS.get(_as_dict(values.get("image") or {}).get("name"), {})
+    return keys
   return {}
 
 

@@ -55,12 +55,12 @@ class MetricsWriter:
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step)}
+    record = {"step": int(step), "time": time.time()}  # Unix time: curves against wall time.
     record.update({k: _to_python(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     for k, v in record.items():
-      if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+      if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
 

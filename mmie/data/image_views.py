@@ -1,0 +1,109 @@
+"""Image-only views of image-text (labelled) sources: what the vision tasks train on.
+
+  labelled_image  ``{"image": float32 [b, H, W, 3], "label": int32 [b]}``, augmented by
+                  ``data.augment`` (flip, random resized crop, colour jitter) as the
+                  image-text view is; for classification.
+  two_views       ``{"view_a", "view_b": float32 [b, H, W, 3], "label": int32 [b]}``: two
+                  independent augmentations of each image by the ``data.augment.views``
+                  preset (mmie/data/ssl_augment.py); for self-supervised learning.
+
+Both share the image-text view's sharding, shuffling, mixing and resume guarantees: they are
+built on the same index stream, and example ``j`` of batch ``n`` draws its randomness from
+``default_rng([seed, n * batch + j])`` alone, so its views are a function of (seed, stream
+position) and a resumed run makes the same views. Labels are the source's class ids (-1 for
+unlabelled sources, which only ``two_views`` without ``supcon`` can use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from mmie.data import augment, ssl_augment
+from mmie.data.records import Records, read_batch
+from mmie.data.schema import data_value
+
+
+def _stats(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  return (tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
+          tuple(data_value(data_config, "std") or augment.CLIP_STD))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadLabelled:
+  """(source, record) batch -> ``{"image", "label"}`` with ``data.augment``'s augmentation."""
+
+  records: tuple[Records, ...]
+  seed: int
+  image_size: int
+  flip: bool
+  crop: bool
+  crop_scale: tuple[float, float]
+  jitter: float
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    examples = read_batch(self.records, batch)
+    first = batch_index * len(examples)
+    images = []
+    for j, example in enumerate(examples):
+      rng = np.random.default_rng([self.seed, first + j])
+      image = example["image"]
+      if self.crop:
+        image = augment.random_resized_crop(image, self.image_size, rng, scale=self.crop_scale)
+      if self.flip:
+        image = augment.random_flip(image, rng)
+      if self.jitter > 0:
+        image = augment.color_jitter(image, rng, self.jitter)
+      images.append(image)
+    return {"image": augment.normalize(np.stack(images), self.mean, self.std),
+            "label": np.asarray([e["label"] for e in examples], np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadTwoViews:
+  """(source, record) batch -> ``{"view_a", "view_b", "label"}`` by a two-view preset."""
+
+  records: tuple[Records, ...]
+  seed: int
+  image_size: int
+  preset: str
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    examples = read_batch(self.records, batch)
+    first = batch_index * len(examples)
+    rngs = [np.random.default_rng([self.seed, first + j]) for j in range(len(examples))]
+    view_a, view_b = ssl_augment.two_views([e["image"] for e in examples], self.image_size,
+                                           ssl_augment.PRESETS[self.preset], rngs)
+    return {"view_a": ssl_augment.normalize_unit(view_a, self.mean, self.std),
+            "view_b": ssl_augment.normalize_unit(view_b, self.mean, self.std),
+            "label": np.asarray([e["label"] for e in examples], np.int32)}
+
+
+def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int) -> Any:
+  """The batch loader of an image-only ``view`` over the training ``records``."""
+  size = int(data_config["image_size"])
+  mean, std = _stats(data_config)
+  if view == "two_views":
+    return LoadTwoViews(records, seed, size, str(data_value(data_config, "views", "augment")),
+                        mean, std)
+  return LoadLabelled(
+      records, seed, size, flip=bool(data_value(data_config, "random_flip", "augment")),
+      crop=bool(data_value(data_config, "random_resized_crop", "augment")),
+      crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
+      jitter=float(data_value(data_config, "color_jitter", "augment")), mean=mean, std=std)
+
+
+def needs_crop_source(view: str, data_config: Any) -> bool:
+  """Whether working images keep their full extent for random crops (else: final size)."""
+  return view == "two_views" or bool(data_value(data_config, "random_resized_crop", "augment"))
+
+
+IMAGE_VIEWS = ("labelled_image", "two_views")
