@@ -1,6 +1,7 @@
 """Input-pipeline throughput against what the train step consumes (issue 7: must be >= 3x).
 
     python scripts/bench_data.py [--step-rate=1000] [--sources=emoji,fashion_mnist,jpeg_folder]
+    python scripts/bench_data.py --view=two_views --views=byol --sources=fashion_mnist
 
 For each source it times, in examples per second on this machine:
   decode     record -> decoded, size-reduced image (the cacheable "working" example)
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from mmie.data import emoji, pipeline, sources  # noqa: E402
+from mmie.data import emoji, pipeline, sources, ssl_augment  # noqa: E402
 
 BATCH = 128
 
@@ -63,22 +64,38 @@ def rate(fn, count: int, repeats: int = 3) -> float:
   return count / best
 
 
-def bench_source(config: dict) -> dict[str, float]:
-  """The four rates for one source config."""
+def _two_views_rate(config: dict, working: list) -> float:
+  """Both views of BATCH-sized batches (the two_views loader's work, one thread)."""
+  specs = ssl_augment.PRESETS[config["augment"].get("views", "simclr")]
+  size = config["image_size"]
+  def run(k: int) -> None:
+    for i in range(0, k, BATCH):
+      chunk = working[i:i + BATCH]
+      ssl_augment.two_views([w["image"] for w in chunk], size, specs,
+                            [np.random.default_rng([0, i + j]) for j in range(len(chunk))])
+  return rate(run, len(working))
+
+
+def bench_source(config: dict, view: str) -> dict[str, float]:
+  """The four rates for one source config and data view."""
   source = sources.source_for(config)
   uncached = pipeline._records_for(config, source, "train", crop=True)  # No shard: no cache.
   n = min(len(uncached), 2000)
   out = {"decode": rate(lambda k: [uncached.get_many(range(i, min(i + BATCH, k)))
                                    for i in range(0, k, BATCH)], n)}
-  augmenter = pipeline._augment(config)
   working = [uncached[i] for i in range(n)]
-  rng = np.random.default_rng(0)
-  out["augment"] = rate(lambda k: [augmenter(working[i], rng) for i in range(k)], n)
+  if view == "two_views":
+    out["augment"] = _two_views_rate(config, working)
+  else:
+    augmenter = pipeline._augment(config)
+    rng = np.random.default_rng(0)
+    out["augment"] = rate(lambda k: [augmenter(working[i], rng) for i in range(k)], n)
   steps = max(4, min(len(uncached) // BATCH, 16))
-  it = pipeline.build_train_iterator({**config, "cache_mb": 0}, batch_size=BATCH, seed=0)
+  it = pipeline.build_train_iterator({**config, "cache_mb": 0}, batch_size=BATCH, seed=0,
+                                     view=view)
   next(it)
   out["pipeline"] = rate(lambda k: [next(it) for _ in range(k // BATCH)], steps * BATCH // 3)
-  it = pipeline.build_train_iterator(config, batch_size=BATCH, seed=0)
+  it = pipeline.build_train_iterator(config, batch_size=BATCH, seed=0, view=view)
   for _ in range(len(uncached) // BATCH + 1):  # One epoch fills the cache.
     next(it)
   out["cached"] = rate(lambda k: [next(it) for _ in range(k // BATCH)], 16 * BATCH)
@@ -91,6 +108,9 @@ def main() -> None:
                       help="examples/s the default train step consumes")
   parser.add_argument("--sources", default="emoji,fashion_mnist,jpeg_folder,jpeg_folder_64")
   parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "mmie_bench"))
+  parser.add_argument("--view", default="image_text", choices=("image_text", "two_views"),
+                      help="two_views: the SSL pipeline (both views by --views' preset)")
+  parser.add_argument("--views", default="simclr", choices=sorted(ssl_augment.PRESETS))
   args = parser.parse_args()
   folder = make_jpeg_folder(os.path.join(args.data_dir, "jpeg_folder"))
   specs = {
@@ -106,7 +126,11 @@ def main() -> None:
   for name in args.sources.split(","):
     if name not in specs:
       raise SystemExit(f"unknown --sources entry {name!r}; choose from {sorted(specs)}.")
-    r = bench_source(data_config(specs[name], args.data_dir))
+    config = data_config(specs[name], args.data_dir)
+    if args.view == "two_views":
+      config["augment"] = {"views": args.views}
+      config["image_size"] = 28 if name == "fashion_mnist" else 32
+    r = bench_source(config, args.view)
     print(f"| {name} | {r['decode']:.0f} | {r['augment']:.0f} | {r['pipeline']:.0f} "
           f"| {r['cached']:.0f} | {r['pipeline'] / args.step_rate:.1f}x "
           f"| {r['cached'] / args.step_rate:.1f}x |", flush=True)
