@@ -11,7 +11,7 @@ from configs import vision
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = vision.check_preset(arg, "vit_classify")
   config = vision.base(preset, task="classify(mixup=0.8, cutmix=1.0, mix_prob=0.5)",
-                       batch_size=128, total_steps=4000, learning_rate=1e-3,
+                       batch_size=128, total_steps=3000, learning_rate=1e-3,
                        weight_decay=0.05)
   config.model.num_classes = 9 if preset == "tiny" else 10  # Emoji categories / clothes.
   config.data.augment.random_flip = True

@@ -128,6 +128,18 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
   return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
+def augment_image(image: np.ndarray, size: int, rng: np.random.Generator, *, crop: bool,
+                  crop_scale: tuple[float, float], flip: bool, jitter: float) -> np.ndarray:
+  """The configured ``data.augment`` chain on one uint8 image: crop, flip, colour jitter."""
+  if crop:
+    image = random_resized_crop(image, size, rng, scale=crop_scale)
+  if flip:
+    image = random_flip(image, rng)
+  if jitter > 0:
+    image = color_jitter(image, rng, jitter)
+  return image
+
+
 def normalize(image: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN,
               std: tuple[float, ...] = CLIP_STD) -> np.ndarray:
   """uint8 [..., 3] -> float32 ``(x / 255 - mean) / std``."""

@@ -32,59 +32,60 @@ def _stats(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoadLabelled:
-  """(source, record) batch -> ``{"image", "label"}`` with ``data.augment``'s augmentation."""
+class _ImageLoader:
+  """What both loaders share: the records, the seed, the output size and normalisation."""
 
   records: tuple[Records, ...]
   seed: int
   image_size: int
-  flip: bool
-  crop: bool
-  crop_scale: tuple[float, float]
-  jitter: float
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
-  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
-               ) -> dict[str, np.ndarray]:
+  def read(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
+           ) -> tuple[list[dict[str, Any]], list[np.random.Generator]]:
+    """The batch's working examples and each one's generator, seeded by its stream position."""
     examples = read_batch(self.records, batch)
     first = batch_index * len(examples)
-    images = []
-    for j, example in enumerate(examples):
-      rng = np.random.default_rng([self.seed, first + j])
-      image = example["image"]
-      if self.crop:
-        image = augment.random_resized_crop(image, self.image_size, rng, scale=self.crop_scale)
-      if self.flip:
-        image = augment.random_flip(image, rng)
-      if self.jitter > 0:
-        image = augment.color_jitter(image, rng, self.jitter)
-      images.append(image)
-    return {"image": augment.normalize(np.stack(images), self.mean, self.std),
-            "label": np.asarray([e["label"] for e in examples], np.int32)}
+    return examples, [np.random.default_rng([self.seed, first + j])
+                      for j in range(len(examples))]
+
+  def labels(self, examples: list[dict[str, Any]]) -> np.ndarray:
+    return np.asarray([e["label"] for e in examples], np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
-class LoadTwoViews:
-  """(source, record) batch -> ``{"view_a", "view_b", "label"}`` by a two-view preset."""
+class LoadLabelled(_ImageLoader):
+  """(source, record) batch -> ``{"image", "label"}`` with ``data.augment``'s augmentation."""
 
-  records: tuple[Records, ...]
-  seed: int
-  image_size: int
-  preset: str
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
+  flip: bool = False
+  crop: bool = False
+  crop_scale: tuple[float, float] = (0.5, 1.0)
+  jitter: float = 0.0
 
   def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
                ) -> dict[str, np.ndarray]:
-    examples = read_batch(self.records, batch)
-    first = batch_index * len(examples)
-    rngs = [np.random.default_rng([self.seed, first + j]) for j in range(len(examples))]
+    examples, rngs = self.read(batch_index, batch)
+    images = [augment.augment_image(e["image"], self.image_size, rng, crop=self.crop,
+                                    crop_scale=self.crop_scale, flip=self.flip,
+                                    jitter=self.jitter) for e, rng in zip(examples, rngs)]
+    return {"image": augment.normalize(np.stack(images), self.mean, self.std),
+            "label": self.labels(examples)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadTwoViews(_ImageLoader):
+  """(source, record) batch -> ``{"view_a", "view_b", "label"}`` by a two-view preset."""
+
+  preset: str = "simclr"
+
+  def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    examples, rngs = self.read(batch_index, batch)
     view_a, view_b = ssl_augment.two_views([e["image"] for e in examples], self.image_size,
                                            ssl_augment.PRESETS[self.preset], rngs)
     return {"view_a": ssl_augment.normalize_unit(view_a, self.mean, self.std),
             "view_b": ssl_augment.normalize_unit(view_b, self.mean, self.std),
-            "label": np.asarray([e["label"] for e in examples], np.int32)}
+            "label": self.labels(examples)}
 
 
 def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int) -> Any:
@@ -92,13 +93,14 @@ def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int)
   size = int(data_config["image_size"])
   mean, std = _stats(data_config)
   if view == "two_views":
-    return LoadTwoViews(records, seed, size, str(data_value(data_config, "views", "augment")),
-                        mean, std)
+    return LoadTwoViews(records, seed, size, mean, std,
+                        preset=str(data_value(data_config, "views", "augment")))
   return LoadLabelled(
-      records, seed, size, flip=bool(data_value(data_config, "random_flip", "augment")),
+      records, seed, size, mean, std,
+      flip=bool(data_value(data_config, "random_flip", "augment")),
       crop=bool(data_value(data_config, "random_resized_crop", "augment")),
       crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
-      jitter=float(data_value(data_config, "color_jitter", "augment")), mean=mean, std=std)
+      jitter=float(data_value(data_config, "color_jitter", "augment")))
 
 
 def needs_crop_source(view: str, data_config: Any) -> bool:

@@ -101,13 +101,9 @@ class _Augment:
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     captions = example["captions"]
     caption = captions[int(rng.integers(len(captions)))] if len(captions) > 1 else captions[0]
-    image = example["image"]
-    if self.crop:
-      image = augment.random_resized_crop(image, self.image_size, rng, scale=self.crop_scale)
-    if self.flip:
-      image = augment.random_flip(image, rng)
-    if self.jitter > 0:
-      image = augment.color_jitter(image, rng, self.jitter)
+    image = augment.augment_image(example["image"], self.image_size, rng, crop=self.crop,
+                                  crop_scale=self.crop_scale, flip=self.flip,
+                                  jitter=self.jitter)
     return {"image": image, "text": self.tokenizer.encode_one(caption, self.context_length)}
 
 

@@ -25,7 +25,8 @@ class Term(NamedTuple):
   """One named term: its `Loss`, its weight (number or schedule) and input renames.
 
   ``inputs`` maps the head's argument name to the task input that feeds it, e.g.
-  ``{"z_a": "image_emb", "z_b": "image_emb_aug"}`` to run VICReg on image views.
+  ``{"z_a": "p_a", "z_b": "z_b"}`` to compare the ``ssl`` task's predictor output of view a
+  with view b's projection.
   """
 
   loss: Loss

@@ -55,6 +55,14 @@ def test_knn_hand_computed_votes():
   assert acc == {"knn1_top1": 100.0}
 
 
+@pytest.mark.parametrize("k", [1, 20])
+def test_knn_is_perfect_on_separable_clusters(k):
+  """Three tight clusters far apart in angle: every neighbour of a test point is its class."""
+  train_x, train_y = _blobs(30, 0)
+  test_x, test_y = _blobs(10, 1)
+  assert probe.knn_accuracy(train_x, train_y, test_x, test_y, k=k) == {f"knn{k}_top1": 100.0}
+
+
 def test_knn_blocks_do_not_change_predictions():
   train_x, train_y = _blobs(20, 4)
   test_x, _ = _blobs(7, 5)
