@@ -57,6 +57,8 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/bench_data.py": ["--sources=emoji"],
     "scripts/explain.py": ["--examples=0", "--ig_steps=2"],
     "scripts/build_emoji_data.py": ["--package=$PACKAGE", "--out=$RUNS/emoji_rebuilt"],
+    "scripts/recipe_figures.py": ["--preset=tiny", "--recipes=lm"],
+    "scripts/vision_baselines.py": ["--max_train=500"],
 }
 # The README's fresh-machine command, whose pip install CI already performs.
 MAIN_JOB = ("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && "
