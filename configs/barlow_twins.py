@@ -1,5 +1,6 @@
 """Barlow Twins (Zbontar et al. 2021): the views' cross-correlation matrix driven to the
-identity, lambda 5e-3, BYOL's views. Presets as configs/vision.py."""
+identity, lambda 5e-3, BYOL's views. Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

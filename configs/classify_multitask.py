@@ -1,5 +1,6 @@
 """The prototype's "contrastive + classification" multitask: one ViT, NT-Xent on two views'
-projections plus cross-entropy of a classifier on view a. Presets as configs/vision.py."""
+projections plus cross-entropy of a classifier on view a. Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

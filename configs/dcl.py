@@ -1,5 +1,6 @@
 """Decoupled contrastive learning (Yeh et al. 2022): NT-Xent without the positive in the
-denominator, so small batches lose less of the gradient. Presets as configs/vision.py."""
+denominator, so small batches lose less of the gradient. Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

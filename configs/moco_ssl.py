@@ -1,6 +1,7 @@
 """MoCo v2 (Chen et al. 2020) on images: a momentum encoder (``train.ema_decay``) gives the keys
 and a memory queue of past keys adds negatives to NT-Xent. (``configs/moco.py`` is the
-image-text variant.) Presets as configs/vision.py."""
+image-text variant.) Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

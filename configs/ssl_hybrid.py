@@ -1,6 +1,7 @@
 """The prototype's VICReg + contrastive hybrid: NT-Xent first, then blended into VICReg by
 weight schedules over the middle of the run (one weighted combination, no special class).
-Presets as configs/vision.py."""
+Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

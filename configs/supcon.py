@@ -1,6 +1,7 @@
 """Supervised contrastive learning (Khosla et al. 2020): both views of every image of a class
 are positives. Uses the labels, so it is an upper reference for the self-supervised recipes.
-Presets as configs/vision.py."""
+Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 

@@ -1,5 +1,6 @@
 """VICReg (Bardes et al. 2022): invariance + variance + covariance on a wide projection, with
-BYOL's asymmetric views; the paper's coefficients 25 / 25 / 1. Presets as configs/vision.py."""
+BYOL's asymmetric views; the paper's coefficients 25 / 25 / 1. Presets ``default`` and ``tiny``
+(configs/vision.py)."""
 
 import ml_collections
 
