@@ -18,24 +18,29 @@ PromptEncoder = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 Decoder = Callable[[Sequence[int]], str]
 
 
-def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
+def apply_in_batches(fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
                      batch_size: int) -> np.ndarray:
-  """Applies ``embed_fn`` over ``inputs`` in batches; returns L2-normalised float32 rows.
+  """Applies ``fn`` over ``inputs`` in batches; returns the outputs as float32 rows.
 
   The last batch is padded to ``batch_size`` so only one shape is ever compiled; pass an
-  already-jitted ``embed_fn`` (wrapping it here would recompile it at every call).
+  already-jitted ``fn`` (wrapping it here would recompile it at every call).
   """
   if batch_size < 1:
-    raise ValueError(f"embed_in_batches: batch_size={batch_size} must be >= 1.")
-  n = inputs.shape[0]
+    raise ValueError(f"apply_in_batches: batch_size={batch_size} must be >= 1.")
   outputs = []
-  for start in range(0, n, batch_size):
+  for start in range(0, inputs.shape[0], batch_size):
     chunk = inputs[start:start + batch_size]
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)], axis=0)
-    outputs.append(np.asarray(embed_fn(chunk))[:batch_size - pad])
-  emb = np.concatenate(outputs, axis=0).astype(np.float32)
+    outputs.append(np.asarray(fn(chunk))[:batch_size - pad])
+  return np.concatenate(outputs, axis=0).astype(np.float32)
+
+
+def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+  """:func:`apply_in_batches` of an embedding function; returns L2-normalised float32 rows."""
+  emb = apply_in_batches(embed_fn, inputs, batch_size)
   return emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
 

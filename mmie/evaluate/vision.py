@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from mmie.evaluate import representation
-from mmie.evaluate.context import EvalContext
+from mmie.evaluate.context import EvalContext, apply_in_batches
 
 Evaluator = Callable[[Any], dict[str, float]]
 
@@ -36,14 +36,7 @@ def classification(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
   ks = tuple(int(k) for k in spec["ks"])
 
   def evaluate(params: Any) -> dict[str, float]:
-    rows = []
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      pad = batch_size - len(chunk)
-      if pad:  # One compiled shape: the last batch is padded and its padding dropped.
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      rows.append(np.asarray(logits_fn(params, chunk))[:batch_size - pad])
-    logits = np.concatenate(rows)
+    logits = apply_in_batches(lambda x: logits_fn(params, x), images, batch_size)
     order = np.argsort(-logits, axis=1)
     return {f"top{k}": float(100.0 * np.mean((order[:, :k] == labels[:, None]).any(1)))
             for k in ks if k <= logits.shape[1]}
