@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 
-from mmie import cli
-from mmie.data import pipeline
-from mmie.evaluate import probe
-from mmie.evaluate.context import embed_in_batches
-from mmie.models import build_model, unbox
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmie import cli  # noqa: E402
+from mmie.data import pipeline  # noqa: E402
+from mmie.evaluate import probe  # noqa: E402
+from mmie.evaluate.context import embed_in_batches  # noqa: E402
+from mmie.models import build_model, unbox  # noqa: E402
 
 
 def _evaluate(name: str, train_x, train_y, test_x, test_y) -> dict[str, object]:
