@@ -27,6 +27,13 @@ _INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
 _OPT_INT, _OPT_FLOAT, _OPT_BOOL, _OPT_STR = (int, type(None)), (int, float, type(None)), \
     (bool, type(None)), (str, type(None))
 
+DIMS = (list, tuple)  # A list of layer widths.
+
+
+def positive_dims(value: Any) -> bool:
+  return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+
+
 # key -> Field(allowed types, default). Keys absent from a config take the default.
 MODEL_KEYS: schema_lib.Schema = {
     "name": Field(_STR, REQUIRED), "embed_dim": Field(_INT, REQUIRED),
@@ -48,6 +55,7 @@ VIT_KEYS = {
     "num_heads": Field(_OPT_INT, None), "mlp_dim": Field(_OPT_INT, None),
     "pool": Field(_STR, "cls"), "class_token": Field(_OPT_BOOL, None), "ln_pre": Field(_BOOL, True),
     "patch_bias": Field(_BOOL, False), "positions": Field(_STR, "learned"),
+    "stem_channels": Field(DIMS, (), positive_dims, "a list of positive widths"),
 }
 TEXT_KEYS = {
     **_TOWER_COMMON, "vocab_size": Field(_INT, REQUIRED), "context_length": Field(_INT, REQUIRED),
@@ -117,7 +125,8 @@ def _build_vit(section: Any, model: dict[str, Any], where: str) -> nn.Module:
   return vit_lib.VisionTransformer(
       image_size=c["image_size"], **vit_sizes(c, where), pool=c["pool"],
       class_token=c["class_token"], ln_pre=c["ln_pre"], patch_bias=c["patch_bias"],
-      positions=c["positions"], **_tower_common(c, model))
+      positions=c["positions"], stem_channels=tuple(c["stem_channels"]),
+      **_tower_common(c, model))
 
 
 def _build_text(section: Any, model: dict[str, Any], where: str) -> nn.Module:
@@ -139,7 +148,7 @@ TEXT_TOWERS: dict[str, Callable[[Any, dict[str, Any], str], nn.Module]] = {
     "text_transformer": _build_text}
 
 
-def _lookup(registry: Mapping[str, Any], section: Any, where: str) -> Any:
+def lookup(registry: Mapping[str, Any], section: Any, where: str) -> Any:
   name = _as_dict(section).get("name")
   if name not in registry:
     raise ValueError(f"{where}.name={name!r} is not known; choose one of {sorted(registry)}.")
@@ -149,14 +158,14 @@ def _lookup(registry: Mapping[str, Any], section: Any, where: str) -> Any:
 def build_image_tower(model_config: Any) -> nn.Module:
   """The image tower named by ``model.image.name`` (usable alone, e.g. for a classifier)."""
   model = resolve_keys(model_config, MODEL_KEYS, "model")
-  return _lookup(IMAGE_TOWERS, model["image"], "model.image")(model["image"], model,
+  return lookup(IMAGE_TOWERS, model["image"], "model.image")(model["image"], model,
                                                               "model.image")
 
 
 def build_text_tower(model_config: Any) -> nn.Module:
   """The text tower named by ``model.text.name``."""
   model = resolve_keys(model_config, MODEL_KEYS, "model")
-  return _lookup(TEXT_TOWERS, model["text"], "model.text")(model["text"], model, "model.text")
+  return lookup(TEXT_TOWERS, model["text"], "model.text")(model["text"], model, "model.text")
 
 
 def _build_two_tower(model_config: Any) -> nn.Module:
@@ -238,7 +247,7 @@ def fill_model_defaults(model_config: ml_collections.ConfigDict) -> None:
 
 def build_model(model_config: Any) -> nn.Module:
   """``config.model`` -> an unbound Flax module (see docs/models.md for every key)."""
-  return _lookup(MODELS, model_config, "model")(model_config)
+  return lookup(MODELS, model_config, "model")(model_config)
 
 
 def example_inputs(model_config: Any, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:

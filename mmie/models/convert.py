@@ -99,9 +99,9 @@ def _hf_clip_config(model: dict[str, Any], image: dict[str, Any],
   _export_check(model["logit_bias_init"] is None, "a SigLIP logit bias is set")
   _export_check(image["name"] == "vit" and image["pool"] == "cls" and image["ln_pre"]
                 and not image["patch_bias"] and image["positions"] == "learned"
-                and image["class_token"] in (None, True),
+                and image["class_token"] in (None, True) and not image["stem_channels"],
                 "the image tower must be a ViT with pool='cls', ln_pre, no patch bias, "
-                "learned positions")
+                "learned positions, no convolutional stem")
   _export_check(text["causal"] and text["norm"] == "pre" and text["final_norm"]
                 and not text["embed_norm"] and not text["type_vocab_size"]
                 and text["positions"] == "learned",

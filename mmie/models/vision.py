@@ -91,11 +91,7 @@ class ImageEncoder(nn.Module):
     return out
 
 
-def _positive_dims(value: Any) -> bool:
-  return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
-
-
-_DIMS = (list, tuple)
+_DIMS, _positive_dims = builder.DIMS, builder.positive_dims
 MODEL_KEYS: schema_lib.Schema = {
     "name": builder.Field((str,)),
     "image": builder.TOWER,
@@ -110,7 +106,7 @@ MODEL_KEYS: schema_lib.Schema = {
 def build_image_encoder(model_config: Any) -> ImageEncoder:
   """``config.model`` with name='image_encoder' -> ``ImageEncoder`` (docs/models.md)."""
   model = builder.resolve_keys(model_config, MODEL_KEYS, "model")
-  tower = builder._lookup(builder.IMAGE_TOWERS, model["image"], "model.image")(  # pylint: disable=protected-access
+  tower = builder.lookup(builder.IMAGE_TOWERS, model["image"], "model.image")(
       model["image"], model, "model.image")
   if getattr(tower, "pool", "cls") == "none":
     raise schema_lib.ConfigError("Config key model.image.pool='none' gives token sequences; an "

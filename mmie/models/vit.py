@@ -73,6 +73,11 @@ class VisionTransformer(nn.Module):
     ln_pre: LayerNorm after the embeddings (CLIP has it, ViT does not).
     patch_bias: bias on the patch projection (ViT has it, CLIP does not).
     positions: 'learned' or 'sinusoidal' (fixed 2-D sin-cos).
+    stem_channels: widths of 3x3 stride-2 convolutions (each + LayerNorm + GELU) run before
+      the patch embedding, which then patchifies the stem's map: the convolutional stem of
+      Xiao et al. 2021 ("Early convolutions help transformers see better"), which trains
+      faster and more stably than a patchify stem at the same token count. Each halves the
+      side (SAME padding, rounding up); () is the plain ViT.
   """
 
   image_size: int
@@ -86,6 +91,7 @@ class VisionTransformer(nn.Module):
   ln_pre: bool = True
   patch_bias: bool = False
   positions: str = "learned"
+  stem_channels: tuple[int, ...] = ()
   activation: str = "gelu"
   layer_norm_eps: float = 1e-5
   num_kv_heads: int | None = None
@@ -100,15 +106,40 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"vit: pool={self.pool!r} is not known; choose one of {POOLS}.")
     if self.positions not in ("learned", "sinusoidal"):
       raise ValueError(f"vit: positions={self.positions!r}; choose 'learned' or 'sinusoidal'.")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"vit: image_size={self.image_size} is not divisible by "
+    side = self.stem_side
+    if side % self.patch_size:
+      stem = f" (after the {len(self.stem_channels)}-conv stem: {side})" if self.stem_channels \
+          else ""
+      raise ValueError(f"vit: image_size={self.image_size}{stem} is not divisible by "
                        f"patch_size={self.patch_size}.")
     if images.ndim != 4 or images.shape[1:3] != (self.image_size, self.image_size):
       raise ValueError(f"vit: expected NHWC images of {self.image_size}x{self.image_size}; "
                        f"got shape {images.shape}.")
-    return self.image_size // self.patch_size
+    return side // self.patch_size
+
+  @property
+  def stem_side(self) -> int:
+    """Side of the map the patch embedding sees: each stride-2 SAME conv rounds up."""
+    side = self.image_size
+    for _ in self.stem_channels:
+      side = -(-side // 2)
+    return side
+
+  def _stem(self, x: Array) -> Array:
+    for i, channels in enumerate(self.stem_channels):
+      x = nn.Conv(channels, (3, 3), strides=2, padding="SAME", use_bias=False,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name=f"stem_conv{i}",
+                  kernel_init=layers.partitioned(nn.initializers.he_normal(),
+                                                 (None, None, None, None)))(x)
+      x = nn.LayerNorm(  # Replicated: stem widths are not the model's 'embed' axis.
+          epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+          name=f"stem_norm{i}", scale_init=layers.partitioned(nn.initializers.ones, (None,)),
+          bias_init=layers.partitioned(nn.initializers.zeros, (None,)))(x)
+      x = nn.gelu(x)
+    return x
 
   def _embed(self, images: Array, grid: int) -> Array:
+    x = self._stem(images.astype(self.dtype))
     x = nn.Conv(
         self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
         padding="VALID", use_bias=self.patch_bias, dtype=self.dtype,
@@ -116,7 +147,7 @@ class VisionTransformer(nn.Module):
         kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
                                        (None, None, None, "embed")),
         bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
-    )(images.astype(self.dtype))
+    )(x)
     x = x.reshape(x.shape[0], grid * grid, self.width)
     use_cls = self.pool == "cls" if self.class_token is None else self.class_token
     if self.pool == "cls" and not use_cls:
