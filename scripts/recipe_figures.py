@@ -6,7 +6,9 @@ plots), and its final evaluation read back from ``metrics.jsonl``.
 
     python scripts/recipe_figures.py --recipes=siglip,moco,gradcache,multistage,fusion_itm,lm
 
-``--preset=tiny`` gives the same table in seconds per recipe (used by the docs test).
+``--preset=tiny`` gives the same table in seconds per recipe (used by the docs test);
+``--set total_steps=300`` overrides a key in every recipe; ``--reuse`` rebuilds the table
+(and the plot) from runs that finished in the same ``--workdir``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ COLUMNS = {
     "vit_classify": ("eval/top1", "eval/top5"),
 }
 PROBE = "eval/linear_probe_top1"
+RUN_FILE = "recipe_run.json"  # Written beside metrics.jsonl: wall time, start, command.
 
 
 def _records(workdir: str) -> list[dict[str, float]]:
@@ -80,30 +83,44 @@ def plot_curves(rows: list[dict[str, object]], parent: str, metric: str, path: s
   plt.close(fig)
 
 
-def run_recipe(recipe: str, preset: str, workdir: str) -> dict[str, object]:
-  """One recipe through ``main.py``; its wall time, steps, speed and final metrics."""
-  command = [sys.executable, "main.py", f"--config=configs/{recipe}.py:{preset}",
-             f"--workdir={workdir}"]
+def run_recipe(recipe: str, preset: str, workdir: str,
+               overrides: list[str]) -> dict[str, object]:
+  """One recipe through ``main.py``; its wall time, steps, speed and final metrics.
+
+  The timing and the command are kept in ``workdir/recipe_run.json`` so that ``--reuse``
+  can rebuild the table from finished runs without training again.
+  """
+  config = f"configs/{recipe}.py" + ("" if preset == "default" else f":{preset}")
+  flags = [f"--config.{o}" for o in overrides]
+  command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", *flags]
   start, wall_clock = time.perf_counter(), time.time()
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   wall = time.perf_counter() - start
   if result.returncode != 0:
     raise SystemExit(f"{recipe}: main.py exited {result.returncode}:\n{result.stderr[-2000:]}")
+  run = {"wall_min": wall / 60, "start": wall_clock,
+         "command": " ".join(["python main.py", f"--config={config}", *flags])}
+  with open(os.path.join(workdir, RUN_FILE), "w") as f:
+    json.dump(run, f)
+  return _row(recipe, workdir, run)
+
+
+def _row(recipe: str, workdir: str, run: dict[str, object]) -> dict[str, object]:
   metrics, steps, speed = _final_metrics(workdir)
-  return {"recipe": recipe, "wall_min": wall / 60, "steps": steps, "speed": speed,
-          "metrics": metrics, "start": wall_clock}
+  return {"recipe": recipe, "steps": steps, "speed": speed, "metrics": metrics, **run}
 
 
 def table(rows: list[dict[str, object]]) -> str:
   """Markdown: one row per recipe, its metrics named in the cell."""
-  lines = ["| config | steps | wall time (min) | examples/s | final evaluation |",
-           "|---|---:|---:|---:|---|"]
+  lines = ["| config | steps | wall time (min) | examples/s | final evaluation | command |",
+           "|---|---:|---:|---:|---|---|"]
   for row in rows:
     metrics = row["metrics"]
     cells = ", ".join(f"`{k.removeprefix('eval/')}` {metrics[k]:.2f}"
                       for k in COLUMNS[row["recipe"]] if k in metrics)
     lines.append(f"| `configs/{row['recipe']}.py` | {row['steps']} | {row['wall_min']:.1f} | "
-                 f"{row['speed']:.0f} | {cells or '(no evaluation logged)'} |")
+                 f"{row['speed']:.0f} | {cells or '(no evaluation logged)'} | "
+                 f"`{row['command']}` |")
   return "\n".join(lines)
 
 
@@ -115,7 +132,13 @@ def main() -> None:
   parser.add_argument("--workdir", default=None,
                       help="parent folder of the runs (default: a temporary one)")
   parser.add_argument("--plot", default="",
-                      help=f"also write {PROBE} against wall time to this PNG")
+                      help="also write --plot_metric against wall time to this PNG")
+  parser.add_argument("--plot_metric", default=PROBE, help="the metric the plot shows")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override for every recipe (main.py's --config.KEY=VALUE)")
+  parser.add_argument("--reuse", action="store_true",
+                      help=f"read runs that finished before (their {RUN_FILE}) instead of "
+                           "training them again")
   args = parser.parse_args()
   recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
   unknown = [r for r in recipes if r not in COLUMNS]
@@ -125,13 +148,18 @@ def main() -> None:
   rows = []
   for recipe in recipes:
     workdir = os.path.join(parent, recipe)
+    if args.reuse and os.path.exists(os.path.join(workdir, RUN_FILE)):
+      with open(os.path.join(workdir, RUN_FILE)) as f:
+        rows.append(_row(recipe, workdir, json.load(f)))
+      continue
     if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-      raise SystemExit(f"{workdir} holds a run already; pass another --workdir.")
-    rows.append(run_recipe(recipe, args.preset, workdir))
+      raise SystemExit(f"{workdir} holds a run already; pass another --workdir (or --reuse "
+                       "to read finished runs).")
+    rows.append(run_recipe(recipe, args.preset, workdir, args.set))
     print(f"{recipe}: {rows[-1]['wall_min']:.1f} min", file=sys.stderr, flush=True)
   print(table(rows))
   if args.plot:
-    plot_curves(rows, parent, PROBE, args.plot)
+    plot_curves(rows, parent, args.plot_metric, args.plot)
 
 
 if __name__ == "__main__":
