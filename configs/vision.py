@@ -37,7 +37,7 @@ def base(preset: str, *, task: str, batch_size: int, total_steps: int,
   steps = config.get_ref("total_steps")
   config.log_every = 2 if tiny else 50
   config.eval_every = 4 if tiny else (steps + 3) // 4  # Four evaluations, the last at the end.
-  config.checkpoint_every = 2 if tiny else 500
+  config.checkpoint_every = 2 if tiny else config.get_ref("eval_every")
   config.keep_checkpoints = 2
 
   config.model = ml_collections.ConfigDict()

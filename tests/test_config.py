@@ -94,3 +94,15 @@ def test_bad_evaluator_spec_is_caught_by_the_up_front_build(cfg):
     setup.build_run(config_lib.validate(cfg))
   cfg.evals = {"val": {"type": "retrieval", "every": 2}}
   assert config_lib.validate(cfg).evals.val.every == 2
+
+
+def test_vision_recipes_schedule_follows_a_total_steps_override():
+  """``--config.total_steps=N`` (config_flags assigns the field) moves the four evaluations
+  and the 5% warmup with it: ceil(N / 4) and ceil(N / 20)."""
+  from configs import simclr, vit_classify  # pylint: disable=g-import-not-at-top
+  for module in (simclr, vit_classify):
+    config = module.get_config()
+    config.total_steps = 402
+    assert (config.eval_every, config.optimizer.warmup_steps) == (101, 21)
+    frozen = config_lib.validate(config)
+    assert (frozen.eval_every, frozen.optimizer.warmup_steps) == (101, 21)
