@@ -57,7 +57,9 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/bench_data.py": ["--sources=emoji"],
     "scripts/explain.py": ["--examples=0", "--ig_steps=2"],
     "scripts/build_emoji_data.py": ["--package=$PACKAGE", "--out=$RUNS/emoji_rebuilt"],
-    "scripts/recipe_figures.py": ["--preset=tiny", "--recipes=lm"],
+    # The plot goes under the runs folder, never over the README's image.
+    "scripts/recipe_figures.py": ["--preset=tiny", "--recipes=lm",
+                                  "--plot=$RUNS/recipe_plot.png"],
     "scripts/vision_baselines.py": ["--max_train=500"],
 }
 # The README's fresh-machine command, whose pip install CI already performs.

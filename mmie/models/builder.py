@@ -27,11 +27,13 @@ _INT, _FLOAT, _BOOL, _STR = (int,), (int, float), (bool,), (str,)
 _OPT_INT, _OPT_FLOAT, _OPT_BOOL, _OPT_STR = (int, type(None)), (int, float, type(None)), \
     (bool, type(None)), (str, type(None))
 
-DIMS = (list, tuple)  # A list of layer widths.
-
-
-def positive_dims(value: Any) -> bool:
+def _positive_ints(value: Any) -> bool:
+  """Every entry a positive int (bools are ints in Python and are refused)."""
   return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+
+
+# A list of layer widths, empty by default (no such layers).
+WIDTHS = Field((list, tuple), (), _positive_ints, "a list of positive widths")
 
 
 # key -> Field(allowed types, default). Keys absent from a config take the default.
@@ -55,7 +57,7 @@ VIT_KEYS = {
     "num_heads": Field(_OPT_INT, None), "mlp_dim": Field(_OPT_INT, None),
     "pool": Field(_STR, "cls"), "class_token": Field(_OPT_BOOL, None), "ln_pre": Field(_BOOL, True),
     "patch_bias": Field(_BOOL, False), "positions": Field(_STR, "learned"),
-    "stem_channels": Field(DIMS, (), positive_dims, "a list of positive widths"),
+    "stem_channels": WIDTHS,
 }
 TEXT_KEYS = {
     **_TOWER_COMMON, "vocab_size": Field(_INT, REQUIRED), "context_length": Field(_INT, REQUIRED),
@@ -159,7 +161,7 @@ def build_image_tower(model_config: Any) -> nn.Module:
   """The image tower named by ``model.image.name`` (usable alone, e.g. for a classifier)."""
   model = resolve_keys(model_config, MODEL_KEYS, "model")
   return lookup(IMAGE_TOWERS, model["image"], "model.image")(model["image"], model,
-                                                              "model.image")
+                                                             "model.image")
 
 
 def build_text_tower(model_config: Any) -> nn.Module:

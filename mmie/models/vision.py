@@ -91,12 +91,10 @@ class ImageEncoder(nn.Module):
     return out
 
 
-_DIMS, _positive_dims = builder.DIMS, builder.positive_dims
 MODEL_KEYS: schema_lib.Schema = {
     "name": builder.Field((str,)),
     "image": builder.TOWER,
-    "projector": builder.Field(_DIMS, (), _positive_dims, "a list of positive widths"),
-    "predictor": builder.Field(_DIMS, (), _positive_dims, "a list of positive widths"),
+    "projector": builder.WIDTHS, "predictor": builder.WIDTHS,
     "num_classes": builder.Field((int,), 0, lambda n: n >= 0, ">= 0"),
     "dtype": builder.Field((str,), "float32"), "param_dtype": builder.Field((str,), "float32"),
     "remat": builder.Field((bool,), False), "scan_layers": builder.Field((bool,), False),
