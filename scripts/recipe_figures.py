@@ -77,7 +77,10 @@ def plot_curves(rows: list[dict[str, object]], parent: str, metric: str, path: s
   ax.set_xlabel("wall time (min, including data preparation and compiles)")
   ax.set_ylabel(metric.removeprefix("eval/") + " (%)")
   ax.grid(alpha=0.3)
-  ax.legend()
+  if ax.lines:
+    ax.legend()
+  else:  # No recipe logged the metric: say so on the figure rather than draw an empty legend.
+    ax.text(0.5, 0.5, f"no run logged {metric}", ha="center", transform=ax.transAxes)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
