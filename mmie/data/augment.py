@@ -7,11 +7,15 @@ reproducible and resumable, and each epoch augments differently.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from mmie.data.schema import data_value
 
 # OpenAI CLIP's RGB statistics (ImageNet-like photos). They are the usual default so that
 # towers and checkpoints stay interchangeable; the emoji set (mostly white) is brighter,
@@ -128,16 +132,51 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
   return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def augment_image(image: np.ndarray, size: int, rng: np.random.Generator, *, crop: bool,
-                  crop_scale: tuple[float, float], flip: bool, jitter: float) -> np.ndarray:
-  """The configured ``data.augment`` chain on one uint8 image: crop, flip, colour jitter."""
-  if crop:
-    image = random_resized_crop(image, size, rng, scale=crop_scale)
-  if flip:
-    image = random_flip(image, rng)
-  if jitter > 0:
-    image = color_jitter(image, rng, jitter)
-  return image
+def random_translate(image: np.ndarray, rng: np.random.Generator, pixels: int) -> np.ndarray:
+  """Shift by whole pixels, each axis uniform in [-pixels, pixels], borders edge-replicated.
+
+  The pad-and-crop of CIFAR-style training (zero-padding there; edge replication here, which
+  is the same on a black background and keeps a white one white).
+  """
+  dy, dx = (int(v) for v in rng.integers(-pixels, pixels + 1, size=2))
+  padded = np.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)), mode="edge")
+  h, w = image.shape[:2]
+  return padded[pixels + dy:pixels + dy + h, pixels + dx:pixels + dx + w]
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+  """The ``data.augment`` chain of one uint8 image: crop, flip, colour jitter, translation.
+
+  The random draws come in that order, each only when its step is on, so turning a step on
+  leaves the draws of the steps before it unchanged.
+  """
+
+  crop: bool = False
+  crop_scale: tuple[float, float] = (0.5, 1.0)
+  flip: bool = False
+  jitter: float = 0.0
+  translate: int = 0
+
+  @classmethod
+  def from_config(cls, data_config: Any) -> "Chain":
+    """The chain ``data.augment`` configures (schema defaults for missing keys)."""
+    return cls(crop=bool(data_value(data_config, "random_resized_crop", "augment")),
+               crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
+               flip=bool(data_value(data_config, "random_flip", "augment")),
+               jitter=float(data_value(data_config, "color_jitter", "augment")),
+               translate=int(data_value(data_config, "random_translate", "augment")))
+
+  def __call__(self, image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    if self.crop:
+      image = random_resized_crop(image, size, rng, scale=self.crop_scale)
+    if self.flip:
+      image = random_flip(image, rng)
+    if self.jitter > 0:
+      image = color_jitter(image, rng, self.jitter)
+    if self.translate > 0:
+      image = random_translate(image, rng, self.translate)
+    return image
 
 
 def normalize(image: np.ndarray, mean: tuple[float, ...] = CLIP_MEAN,

@@ -57,17 +57,12 @@ class _ImageLoader:
 class LoadLabelled(_ImageLoader):
   """(source, record) batch -> ``{"image", "label"}`` with ``data.augment``'s augmentation."""
 
-  flip: bool = False
-  crop: bool = False
-  crop_scale: tuple[float, float] = (0.5, 1.0)
-  jitter: float = 0.0
+  chain: augment.Chain = augment.Chain()
 
   def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
                ) -> dict[str, np.ndarray]:
     examples, rngs = self.read(batch_index, batch)
-    images = [augment.augment_image(e["image"], self.image_size, rng, crop=self.crop,
-                                    crop_scale=self.crop_scale, flip=self.flip,
-                                    jitter=self.jitter) for e, rng in zip(examples, rngs)]
+    images = [self.chain(e["image"], self.image_size, rng) for e, rng in zip(examples, rngs)]
     return {"image": augment.normalize(np.stack(images), self.mean, self.std),
             "label": self.labels(examples)}
 
@@ -82,7 +77,7 @@ class LoadTwoViews(_ImageLoader):
                ) -> dict[str, np.ndarray]:
     examples, rngs = self.read(batch_index, batch)
     view_a, view_b = ssl_augment.two_views([e["image"] for e in examples], self.image_size,
-                                           ssl_augment.PRESETS[self.preset], rngs)
+                                           ssl_augment.resolve_views(self.preset), rngs)
     return {"view_a": ssl_augment.normalize_unit(view_a, self.mean, self.std),
             "view_b": ssl_augment.normalize_unit(view_b, self.mean, self.std),
             "label": self.labels(examples)}
@@ -95,12 +90,7 @@ def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int)
   if view == "two_views":
     return LoadTwoViews(records, seed, size, mean, std,
                         preset=str(data_value(data_config, "views", "augment")))
-  return LoadLabelled(
-      records, seed, size, mean, std,
-      flip=bool(data_value(data_config, "random_flip", "augment")),
-      crop=bool(data_value(data_config, "random_resized_crop", "augment")),
-      crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
-      jitter=float(data_value(data_config, "color_jitter", "augment")))
+  return LoadLabelled(records, seed, size, mean, std, chain=augment.Chain.from_config(data_config))
 
 
 def needs_crop_source(view: str, data_config: Any) -> bool:

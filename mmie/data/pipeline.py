@@ -91,19 +91,14 @@ class _Augment:
   tokenizer: tokenizer_lib.Tokenizer
   image_size: int
   context_length: int
-  flip: bool
-  crop: bool
-  crop_scale: tuple[float, float]
-  jitter: float
+  chain: augment.Chain
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
   def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     captions = example["captions"]
     caption = captions[int(rng.integers(len(captions)))] if len(captions) > 1 else captions[0]
-    image = augment.augment_image(example["image"], self.image_size, rng, crop=self.crop,
-                                  crop_scale=self.crop_scale, flip=self.flip,
-                                  jitter=self.jitter)
+    image = self.chain(example["image"], self.image_size, rng)
     return {"image": image, "text": self.tokenizer.encode_one(caption, self.context_length)}
 
 
@@ -112,10 +107,7 @@ def _augment(data_config: Any) -> _Augment:
       tokenizer=tokenizer_for(data_config),
       image_size=int(data_config["image_size"]),
       context_length=int(data_config["context_length"]),
-      flip=bool(data_value(data_config, "random_flip", "augment")),
-      crop=bool(data_value(data_config, "random_resized_crop", "augment")),
-      crop_scale=tuple(data_value(data_config, "crop_scale", "augment")),
-      jitter=float(data_value(data_config, "color_jitter", "augment")),
+      chain=augment.Chain.from_config(data_config),
       mean=tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
       std=tuple(data_value(data_config, "std") or augment.CLIP_STD),
   )
@@ -168,7 +160,7 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
                    for (source, _), shard_size in zip(terms, shard_sizes))
     return ds.map_with_index(image_views.loader(view, data_config, loaded, seeds[0]))
   augmenter = _augment(data_config)
-  loaded = tuple(_records_for(data_config, source, split, augmenter.crop, shard_size)
+  loaded = tuple(_records_for(data_config, source, split, augmenter.chain.crop, shard_size)
                  for (source, _), shard_size in zip(terms, shard_sizes))
   return ds.map_with_index(_LoadBatch(loaded, augmenter, seeds[0]))
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmie.schema import Field, Section, non_negative, positive
+from mmie.schema import ConfigError, Field, Section, non_negative, positive
 
 _NUM = (int, float)
 _SEQ = (list, tuple)
 _OPT_INT = (int, type(None))
+
+def _views_ok(text: str) -> bool:
+  from mmie.data import ssl_augment  # numpy + PIL; deferred so the schema imports light.
+  try:
+    ssl_augment.resolve_views(text)
+  except ValueError as e:  # The specific reason (unknown field, value out of range).
+    raise ConfigError(f"Config key {e}") from None
+  return True
+
 
 AUGMENT = {
     "random_flip": Field((bool,), False),
@@ -21,9 +30,13 @@ AUGMENT = {
     "crop_scale": Field(_SEQ, (0.5, 1.0), lambda s: len(s) == 2 and 0 < s[0] <= s[1] <= 1,
                         "(min, max) area fractions with 0 < min <= max <= 1"),
     "color_jitter": Field(_NUM, 0.0, lambda x: 0 <= x <= 1, "in [0, 1]"),
-    # The two_views data view's preset (mmie/data/ssl_augment.py PRESETS).
-    "views": Field((str,), "simclr", lambda s: s in ("simclr", "byol", "vicreg"),
-                   "one of 'simclr', 'byol', 'vicreg'"),
+    # Pad-and-crop: shift by up to this many pixels per axis, after the other steps.
+    "random_translate": Field((int,), 0, lambda x: 0 <= x <= 64, "0 (off) to 64 pixels"),
+    # The two_views data view's preset, with optional field overrides (a call-string, see
+    # mmie/data/ssl_augment.py resolve_views).
+    "views": Field((str,), "simclr", _views_ok,
+                   "a preset 'simclr', 'byol' or 'vicreg', optionally with view fields, e.g. "
+                   "\"simclr(crop_scale=(0.5, 1.0))\" (fields: mmie/data/ssl_augment.py ViewSpec)"),
 }
 
 _THREE = lambda s: len(s) == 3 and all(isinstance(x, (int, float)) for x in s)

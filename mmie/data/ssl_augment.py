@@ -22,10 +22,12 @@ resume-exact); the pixel work then runs vectorised over the batch in numpy float
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
 
+from mmie import registry
 from mmie.data import augment
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -60,6 +62,55 @@ PRESETS: dict[str, tuple[ViewSpec, ViewSpec]] = {
     "byol": (ViewSpec(**_BYOL, blur=1.0), ViewSpec(**_BYOL, blur=0.1, solarize=0.2)),
     "vicreg": (ViewSpec(**_BYOL, blur=1.0), ViewSpec(**_BYOL, blur=0.1, solarize=0.2)),
 }
+
+
+def _check_spec(spec: ViewSpec, where: str) -> None:
+  """Raises ValueError naming the first field of ``spec`` out of its range."""
+  def pair(name: str, low: float, high: float) -> None:
+    value = getattr(spec, name)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(x, (int, float)) for x in value)
+            and low <= value[0] <= value[1] <= high):
+      raise ValueError(f"{where}: {name}={value!r} must be (min, max) with "
+                       f"{low} <= min <= max <= {high}.")
+  pair("crop_scale", 1e-3, 1.0)
+  pair("crop_ratio", 1e-2, 1e2)
+  pair("blur_sigma", 0.0, 1e3)
+  for name in ("flip", "jitter_p", "grayscale", "blur", "solarize", "brightness", "contrast",
+               "saturation"):
+    value = getattr(spec, name)
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+      raise ValueError(f"{where}: {name}={value!r} must be a number in [0, 1].")
+  if not (isinstance(spec.hue, (int, float)) and 0.0 <= spec.hue <= 0.5):
+    raise ValueError(f"{where}: hue={spec.hue!r} must be a number in [0, 0.5].")
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_views(text: str) -> tuple[ViewSpec, ViewSpec]:
+  """A ``data.augment.views`` call-string -> the two views' specs.
+
+  ``"simclr"`` is the preset; ``"simclr(crop_scale=(0.5, 1.0), jitter_p=0.4)"`` the preset with
+  those `ViewSpec` fields replaced in both views, so a recipe can weaken or strengthen its
+  augmentation without a new preset (short budgets want milder crops than the papers' hundreds
+  of epochs). Raises ValueError naming the unknown preset, field or out-of-range value.
+  """
+  call = registry.parse_call(text)
+  if call.name not in PRESETS:
+    raise ValueError(f"data.augment.views={text!r}: unknown preset {call.name!r}; choose one "
+                     f"of {', '.join(sorted(PRESETS))}.")
+  if call.args:
+    raise ValueError(f"data.augment.views={text!r}: give overrides by name, e.g. "
+                     f"\"{call.name}(crop_scale=(0.5, 1.0))\".")
+  fields = {f.name for f in dataclasses.fields(ViewSpec)}
+  unknown = sorted(set(call.kwargs) - fields)
+  if unknown:
+    raise ValueError(f"data.augment.views={text!r}: unknown view field(s) {unknown}; the "
+                     f"fields are {', '.join(sorted(fields))}.")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in call.kwargs.items()}
+  specs = tuple(dataclasses.replace(spec, **kwargs) for spec in PRESETS[call.name])
+  for spec in specs:
+    _check_spec(spec, f"data.augment.views={text!r}")
+  return specs  # type: ignore[return-value]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,3 +53,30 @@ def test_color_jitter_zero_strength_is_identity_and_output_stays_uint8():
   np.testing.assert_array_equal(augment.color_jitter(image, np.random.default_rng(1), 0.0), image)
   out = augment.color_jitter(image, np.random.default_rng(1), 0.8)
   assert out.dtype == np.uint8 and out.shape == image.shape and not np.array_equal(out, image)
+
+
+def test_random_translate_is_a_whole_pixel_shift_with_edge_borders():
+  image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+  for seed in range(20):
+    shifted = augment.random_translate(image, np.random.default_rng(seed), 2)
+    dy, dx = (int(v) for v in np.random.default_rng(seed).integers(-2, 3, size=2))
+    rows = np.clip(np.arange(5) + dy, 0, 4)  # Output row r reads input row r + dy, clamped.
+    cols = np.clip(np.arange(6) + dx, 0, 5)
+    np.testing.assert_array_equal(shifted, image[rows][:, cols])
+
+
+def test_chain_draws_the_earlier_steps_the_same_when_translation_is_added():
+  image = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+  base = augment.Chain(flip=True, jitter=0.3)
+  moved = augment.Chain(flip=True, jitter=0.3, translate=3)
+  for seed in range(10):
+    without = base(image, 32, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    with_shift = moved(image, 32, rng)
+    # Replaying the same generator: the first steps' draws, then the shift's.
+    replay = np.random.default_rng(seed)
+    expected = augment.random_translate(base(image, 32, replay), replay, 3)
+    np.testing.assert_array_equal(with_shift, expected)
+    assert without.shape == with_shift.shape == (32, 32, 3)
+  config = {"augment": {"random_translate": 2, "random_flip": True}}
+  assert augment.Chain.from_config(config) == augment.Chain(flip=True, translate=2)

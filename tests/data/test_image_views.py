@@ -5,7 +5,9 @@ formulas, a blur of a constant image), and the views against the pipeline's guar
 function of (seed, stream position) alone, different from each other, and resumed exactly.
 """
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +130,39 @@ def test_labelled_image_view_and_image_only_eval_split(make_data_config):
   assert len(split["class_names"]) == 9 and split["label"].min() >= 0
   unit = augment.normalize(np.zeros((1, 1, 3), np.uint8))
   assert np.allclose(split["image"].min(), unit.min(), atol=0.5)  # Normalised like training.
+
+
+def test_views_call_string_overrides_fields_of_both_views():
+  a, b = ssl_augment.resolve_views("byol(crop_scale=[0.6, 1.0], solarize=0.0)")
+  want_a, want_b = ssl_augment.PRESETS["byol"]
+  assert a == dataclasses.replace(want_a, crop_scale=(0.6, 1.0), solarize=0.0)
+  assert b == dataclasses.replace(want_b, crop_scale=(0.6, 1.0), solarize=0.0)
+  assert ssl_augment.resolve_views("simclr") == ssl_augment.PRESETS["simclr"]
+  # A full-image crop with every random op off is the identity, through the call-string too.
+  off = ("simclr(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=0, jitter_p=0, "
+         "grayscale=0)")
+  images = _images(2)
+  views = ssl_augment.two_views(images, SIZE, ssl_augment.resolve_views(off),
+                                [np.random.default_rng(i) for i in range(2)])
+  np.testing.assert_allclose(views[1], np.stack(images) / np.float32(255), atol=1e-6)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("simclar", "unknown preset 'simclar'"),
+    ("simclr(cropscale=(0.5, 1.0))", "unknown view field(s) ['cropscale']"),
+    ("simclr(flip=1.5)", "flip=1.5 must be a number in [0, 1]"),
+    ("simclr(crop_scale=(0.9, 0.5))", "crop_scale=(0.9, 0.5) must be (min, max)"),
+    ("simclr(0.5)", "give overrides by name"),
+    ("simclr(flip=x)", "is not a python literal"),
+])
+def test_views_call_string_errors_name_the_problem(text, words):
+  with pytest.raises(ValueError, match=re.escape(words)):
+    ssl_augment.resolve_views(text)
+
+
+def test_config_check_reports_a_bad_views_field():
+  from mmie.data.schema import AUGMENT
+  from mmie.schema import ConfigError, check
+  check({"views": "vicreg(blur=0.5)"}, AUGMENT, "data.augment.")
+  with pytest.raises(ConfigError, match=re.escape("unknown view field(s) ['blurr']")):
+    check({"views": "vicreg(blurr=0.5)"}, AUGMENT, "data.augment.")
