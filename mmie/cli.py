@@ -32,9 +32,7 @@ EXIT_CONFIG_ERROR = 2
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """``file.py[:preset]`` -> the file's ``get_config(preset)``, with every default filled in."""
   path, has_arg, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--config={spec}: there is no config file {path!r}"
-                      f" (looked in {os.getcwd()}).")
+  path = resolve_config_path(path, spec)
   module_spec = importlib.util.spec_from_file_location(
       f"mmie_config_{os.path.splitext(os.path.basename(path))[0]}", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -54,6 +52,35 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"--config={spec}: get_config returned {type(config).__name__}, not an"
                       " ml_collections.ConfigDict.")
   return fill_all_defaults(config)
+
+
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_config_names() -> list[str]:
+  """The configs installed with the package: mmie/configs/*.py that define ``get_config``
+  (``vision.py`` holds shared blocks only)."""
+  def is_config(name: str) -> bool:
+    with open(os.path.join(SHIPPED_CONFIGS, name), encoding="utf-8") as f:
+      return "\ndef get_config(" in f.read()
+  return sorted(name[:-3] for name in os.listdir(SHIPPED_CONFIGS)
+                if name.endswith(".py") and is_config(name))
+
+
+def resolve_config_path(path: str, spec: str) -> str:
+  """A config file path, or a bare name (``clip``) for the shipped ``mmie/configs/clip.py``.
+
+  A file of that name in the working directory wins, so a user's own ``clip.py`` is never
+  shadowed by the package's.
+  """
+  if os.path.isfile(path):
+    return path
+  shipped = os.path.join(SHIPPED_CONFIGS, path if path.endswith(".py") else path + ".py")
+  if os.sep not in path and "/" not in path and os.path.isfile(shipped):
+    return shipped
+  raise ConfigError(f"--config={spec}: there is no config file {path!r} (looked in"
+                    f" {os.getcwd()}); a bare name is one of the shipped configs:"
+                    f" {', '.join(shipped_config_names())}.")
 
 
 def fill_all_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

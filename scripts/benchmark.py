@@ -79,7 +79,7 @@ def random_batch(arch: Arch, batch: int, seed: int = 0) -> dict[str, np.ndarray]
 
 def our_config(arch: Arch, batch: int) -> Any:
   """configs/clip.py with the architecture, batch and benchmark optimizer swapped in."""
-  from configs import clip
+  from mmie.configs import clip
   from mmie import config as config_lib
 
   c = clip.get_config("default")

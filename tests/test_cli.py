@@ -85,6 +85,7 @@ def test_bad_rule_in_a_later_stage(tmp_path):
 @pytest.mark.parametrize("config,fragments", [
     ("--config=configs/nosuch.py", ["no config file 'configs/nosuch.py'"]),
     ("--config=configs/clip.py:huge", ["unknown preset 'huge'"]),
+    ("--config=clipp:tiny", ["no config file 'clipp'", "shipped configs: barlow_twins, "]),
     (None, ["--config"]),
 ])
 def test_config_file_mistakes(tmp_path, config, fragments):
@@ -108,3 +109,18 @@ def test_unset_keys_can_be_overridden(tmp_path):
   config.model.logit_bias_init = -10.0  # An optional float the file set to None.
   frozen = config_lib.validate(config)
   assert frozen.train.ema_decay == 0.99 and frozen.model.logit_bias_init == -10.0
+
+
+def test_a_bare_name_is_the_shipped_config_and_a_local_file_wins(tmp_path, monkeypatch):
+  from mmie import cli  # pylint: disable=g-import-not-at-top
+  shipped = os.path.join(ROOT, "mmie", "configs", "vit_classify.py")
+  monkeypatch.chdir(tmp_path)
+  assert os.path.samefile(cli.resolve_config_path("vit_classify", "vit_classify"), shipped)
+  assert os.path.samefile(cli.resolve_config_path("vit_classify.py", "x"), shipped)
+  assert cli.load_config_file("vit_classify:tiny").task == "classify"
+  (tmp_path / "vit_classify.py").write_text("")  # The user's own file of that name wins.
+  assert cli.resolve_config_path("vit_classify.py", "x") == "vit_classify.py"
+  names = cli.shipped_config_names()
+  assert "clip" in names and "vit_classify" in names and "vision" not in names
+  assert len(names) == len([f for f in os.listdir(os.path.join(ROOT, "configs"))
+                            if f.endswith(".py") and f not in ("__init__.py", "vision.py")])

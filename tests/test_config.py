@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 
 @pytest.fixture
@@ -99,10 +99,26 @@ def test_bad_evaluator_spec_is_caught_by_the_up_front_build(cfg):
 def test_vision_recipes_schedule_follows_a_total_steps_override():
   """``--config.total_steps=N`` (config_flags assigns the field) moves the four evaluations
   and the 5% warmup with it: ceil(N / 4) and ceil(N / 20)."""
-  from configs import simclr, vit_classify  # pylint: disable=g-import-not-at-top
+  from mmie.configs import simclr, vit_classify  # pylint: disable=g-import-not-at-top
   for module in (simclr, vit_classify):
     config = module.get_config()
     config.total_steps = 402
     assert (config.eval_every, config.optimizer.warmup_steps) == (101, 21)
     frozen = config_lib.validate(config)
     assert (frozen.eval_every, frozen.optimizer.warmup_steps) == (101, 21)
+
+
+def test_ssl_hybrid_blend_follows_a_total_steps_override():
+  """The hand-over from NT-Xent to VICReg covers the middle half of whatever run length the
+  command line gives: begin N // 4, length ceil(N / 2)."""
+  from mmie.configs import ssl_hybrid  # pylint: disable=g-import-not-at-top
+  from mmie.losses import SCHEDULES  # pylint: disable=g-import-not-at-top
+  config = ssl_hybrid.get_config()
+  config.total_steps = 402
+  frozen = config_lib.validate(config)
+  contrastive = SCHEDULES.build(frozen.loss.terms.contrastive.weight)
+  vicreg = SCHEDULES.build(frozen.loss.terms.vicreg.weight)
+  assert float(contrastive(100)) == 1.0 and float(vicreg(100)) == 0.0
+  assert float(contrastive(100 + 201)) == 0.0
+  assert float(vicreg(100 + 201)) == pytest.approx(0.04, rel=1e-6)
+  assert float(contrastive(100 + 67)) == pytest.approx(1 - 67 / 201, rel=1e-6)

@@ -21,9 +21,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-# The repository's data/emoji/ folder (this file is mmie/data/emoji.py).
+# The package's mmie/assets/emoji/ (data/emoji/ in a checkout links to it; this file is
+# mmie/data/emoji.py), installed with the package.
 DEFAULT_SOURCE_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "data", "emoji"))
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets", "emoji"))
 SOURCE_FILES = ("images.npz", "metadata.jsonl", "tokenizer.json")
 # Category names as in emoji-datasource, in its sort order; the ClassLabel ids follow it.
 CATEGORIES = (

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie.evaluate import EvalContext
 from mmie.evaluate import matching
 from mmie.models import fusion

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie.models import build_model, unbox
 
 

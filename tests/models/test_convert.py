@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import models
 from mmie.models import convert
 

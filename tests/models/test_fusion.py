@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie.models import fusion
 from mmie.models import layers
 from mmie.models import unbox

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie import models
 from mmie.models import text as text_lib
 

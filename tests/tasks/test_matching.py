@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie import losses
 from mmie.models import fusion
 from mmie.tasks import matching

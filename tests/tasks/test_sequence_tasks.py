@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import lm as lm_config
-from configs import translate as translate_config
+from mmie.configs import lm as lm_config
+from mmie.configs import translate as translate_config
 from mmie import config as config_lib
 from mmie import losses
 from mmie.models import seq2seq

@@ -26,7 +26,7 @@ def main() -> None:
                              num_processes=num_processes, process_id=process_id)
   assert jax.process_count() == num_processes and jax.device_count() == 4 * num_processes
 
-  from configs import clip as clip_config
+  from mmie.configs import clip as clip_config
   from mmie import config as config_lib
   from mmie.train import loop
 

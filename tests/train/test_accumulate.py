@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie.losses import build_loss
 from mmie.models import build_model, unbox
 from mmie.tasks import get_task

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie import config as config_lib
 from mmie.config import ConfigError
 from mmie.models import build_model, unbox

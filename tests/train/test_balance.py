@@ -127,7 +127,7 @@ def test_groups_checked_against_params():
 
 
 def _tiny_with_balance(groups):
-  from configs import clip
+  from mmie.configs import clip
   from mmie import config as config_lib
   cfg = clip.get_config("tiny")
   # Plain SGD at a constant rate: Adam-style optimizers cancel a constant gradient scale, so

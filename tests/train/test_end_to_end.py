@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.data import emoji
 from mmie.train import loop

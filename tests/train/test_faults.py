@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.train import loop, setup
 from mmie.train.checkpoint import Checkpointer

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.config import ConfigError
 from mmie.train import hooks, loop

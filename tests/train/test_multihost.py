@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip as clip_config
+from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.data import pipeline
 from mmie.train import setup

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import multistage
+from mmie.configs import multistage
 from mmie import config as config_lib
 from mmie.sharding import path_name
 from mmie.train import setup, stages as stages_lib
@@ -81,7 +81,7 @@ def test_stage_boundaries():
 def test_moco_recipe_trains_with_momentum_keys_and_queue():
   """EMA params feed momentum keys; the memory queue fills; negatives over the mesh's data
   axis (the head's axis_name option) run in the mesh."""
-  from configs import clip as clip_config
+  from mmie.configs import clip as clip_config
   cfg = clip_config.get_config("tiny")
   cfg.train = {"ema_decay": 0.9}
   cfg.loss.name = "clip(axis_name='data')"

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie import config as config_lib
 from mmie import sharding
 from mmie.losses import build_loss

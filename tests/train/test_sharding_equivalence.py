@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip
+from mmie.configs import clip
 from mmie import config as config_lib
 from mmie import sharding
 from mmie.sharding import path_name

@@ -4,7 +4,7 @@ BYOL's asymmetric views; the paper's coefficients 25 / 25 / 1. Presets ``default
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

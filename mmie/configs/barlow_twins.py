@@ -4,7 +4,7 @@ identity, lambda 5e-3, BYOL's views. Presets ``default`` and ``tiny``
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ Presets (``--config=configs/fusion_itm.py:PRESET``):
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 
 
 def _fusion(tiny: bool) -> ml_collections.ConfigDict:

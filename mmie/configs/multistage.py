@@ -13,7 +13,7 @@ Presets: ``default`` (a few minutes on CPU) and ``tiny`` (seconds; used by the t
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 
 
 def _rules(trainable: str, frozen_rest: bool, backbone_multiplier: float | None = None):

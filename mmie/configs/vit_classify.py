@@ -10,7 +10,7 @@ of epochs and cost accuracy over eight (README, "Vision recipes", has the measur
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

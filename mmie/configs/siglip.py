@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

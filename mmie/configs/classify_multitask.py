@@ -4,7 +4,7 @@ projections plus cross-entropy of a classifier on view a. Presets ``default`` an
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

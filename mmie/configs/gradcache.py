@@ -12,7 +12,7 @@ Presets: ``default`` (batch 512 in 4 micro-batches of 128) and ``tiny`` (seconds
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ denominator, so small batches lose less of the gradient. Presets ``default`` and
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ Presets: ``default`` (a few minutes on 2 CPU cores) and ``tiny`` (seconds; the t
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

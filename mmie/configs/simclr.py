@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from configs import vision
+from mmie.configs import vision
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ image tower, both projections and the temperature train.
 
 import ml_collections
 
-from configs import clip
+from mmie.configs import clip
 from mmie.models import pretrained
 
 

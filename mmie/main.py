@@ -1,0 +1,67 @@
+"""MMIE's command line: ``main.py`` in a checkout and the ``mmie-train`` console script.
+
+    python main.py --config=configs/clip.py[:preset] --workdir=runs/clip [--config.key=value]
+    mmie-train --config=clip[:preset] --workdir=runs/clip [--config.key=value]
+
+A bare ``--config=NAME`` is the shipped ``mmie/configs/NAME.py`` (mmie/cli.py), so an installed
+package trains from any directory.
+
+``--mode=train`` (default) trains, evaluates and checkpoints, resuming from the workdir's newest
+checkpoint if there is one; ``--mode=evaluate`` evaluates that checkpoint without training.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+
+from mmie import cli  # noqa: E402
+
+_CONFIG = cli.define_config_flag(
+    "config", "Experiment config file, optionally with a preset: configs/clip.py:tiny, or the name of a"
+    " shipped config: clip:tiny.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and plots go.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host: call jax.distributed.initialize(), which detects TPU"
+    " pods, SLURM, Open MPI and Kubernetes by itself. Elsewhere give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; else unused.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress lines.
+    logging.set_verbosity(logging.WARNING)
+  from mmie import config as config_lib
+
+  try:
+    config = config_lib.validate(_CONFIG.value)
+    from mmie.train import loop  # After validation: a bad key fails before heavy imports.
+
+    logging.info("Config:\n%s", config)
+    if _MODE.value == "train":
+      from mmie.insight.report import plots_hook  # Insight plugs into training as a hook.
+      loop.train_and_evaluate(config, _WORKDIR.value, end_hooks=[plots_hook])
+    else:
+      loop.evaluate_checkpoint(config, _WORKDIR.value)
+  except config_lib.ConfigError as e:
+    cli.config_error_exit(str(e))
+
+
+def run() -> None:
+  """The console script's entry point (pyproject.toml ``mmie-train``)."""
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()
