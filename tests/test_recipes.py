@@ -37,6 +37,18 @@ RECIPES = {
         "classify_multitask")},
     "vit_classify": ("eval/top1", None),
 }
+# configs/clip.py, the default, is trained through main.py by tests/train/test_faults.py,
+# tests/test_packaging.py (as mmie-train) and the documented commands.
+TRAINED_ELSEWHERE = {"clip"}
+
+
+def test_every_shipped_config_is_trained_by_a_test():
+  """A config added to mmie/configs/ without a row above would ship untested."""
+  from mmie import cli  # pylint: disable=g-import-not-at-top
+  untested = set(cli.shipped_config_names()) - set(RECIPES) - TRAINED_ELSEWHERE
+  assert not untested, f"add a tiny-preset row to RECIPES for {sorted(untested)}"
+
+
 # Logged by every SSL run: the collapse diagnostics of its features.
 SSL_HEALTH = "eval/image_collapsed_fraction"
 
