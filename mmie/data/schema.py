@@ -15,7 +15,9 @@ _NUM = (int, float)
 _SEQ = (list, tuple)
 _OPT_INT = (int, type(None))
 
+
 def _views_ok(text: str) -> bool:
+  """The ``views`` check: raises with the specific reason, which a bool could not carry."""
   from mmie.data import ssl_augment  # numpy + PIL; deferred so the schema imports light.
   try:
     ssl_augment.resolve_views(text)
