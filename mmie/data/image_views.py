@@ -71,13 +71,13 @@ class LoadLabelled(_ImageLoader):
 class LoadTwoViews(_ImageLoader):
   """(source, record) batch -> ``{"view_a", "view_b", "label"}`` by a two-view preset."""
 
-  preset: str = "simclr"
+  views: tuple[ssl_augment.ViewSpec, ssl_augment.ViewSpec] = ssl_augment.PRESETS["simclr"]
 
   def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]
                ) -> dict[str, np.ndarray]:
     examples, rngs = self.read(batch_index, batch)
     view_a, view_b = ssl_augment.two_views([e["image"] for e in examples], self.image_size,
-                                           ssl_augment.resolve_views(self.preset), rngs)
+                                           self.views, rngs)
     return {"view_a": ssl_augment.normalize_unit(view_a, self.mean, self.std),
             "view_b": ssl_augment.normalize_unit(view_b, self.mean, self.std),
             "label": self.labels(examples)}
@@ -88,8 +88,8 @@ def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int)
   size = int(data_config["image_size"])
   mean, std = _stats(data_config)
   if view == "two_views":
-    return LoadTwoViews(records, seed, size, mean, std,
-                        preset=str(data_value(data_config, "views", "augment")))
+    return LoadTwoViews(records, seed, size, mean, std, views=ssl_augment.resolve_views(
+        str(data_value(data_config, "views", "augment"))))
   return LoadLabelled(records, seed, size, mean, std, chain=augment.Chain.from_config(data_config))
 
 

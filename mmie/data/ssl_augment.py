@@ -22,7 +22,6 @@ resume-exact); the pixel work then runs vectorised over the batch in numpy float
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import numpy as np
@@ -85,7 +84,6 @@ def _check_spec(spec: ViewSpec, where: str) -> None:
     raise ValueError(f"{where}: hue={spec.hue!r} must be a number in [0, 0.5].")
 
 
-@functools.lru_cache(maxsize=64)
 def resolve_views(text: str) -> tuple[ViewSpec, ViewSpec]:
   """A ``data.augment.views`` call-string -> the two views' specs.
 
