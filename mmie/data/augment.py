@@ -24,6 +24,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def normalisation(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The run's image ``(mean, std)``: ``data.mean`` / ``data.std``, else CLIP's."""
+  return (tuple(data_value(data_config, "mean") or CLIP_MEAN),
+          tuple(data_value(data_config, "std") or CLIP_STD))
+
+
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
   """Greyscale [H, W] / [H, W, 1] or RGBA [H, W, 4] -> RGB uint8 [H, W, 3]."""
   image = np.asarray(image)

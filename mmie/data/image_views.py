@@ -26,10 +26,6 @@ from mmie.data.records import Records, read_batch
 from mmie.data.schema import data_value
 
 
-def _stats(data_config: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  return (tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
-          tuple(data_value(data_config, "std") or augment.CLIP_STD))
-
 
 @dataclasses.dataclass(frozen=True)
 class _ImageLoader:
@@ -86,7 +82,7 @@ class LoadTwoViews(_ImageLoader):
 def loader(view: str, data_config: Any, records: tuple[Records, ...], seed: int) -> Any:
   """The batch loader of an image-only ``view`` over the training ``records``."""
   size = int(data_config["image_size"])
-  mean, std = _stats(data_config)
+  mean, std = augment.normalisation(data_config)
   if view == "two_views":
     return LoadTwoViews(records, seed, size, mean, std, views=ssl_augment.resolve_views(
         str(data_value(data_config, "views", "augment"))))

@@ -103,13 +103,14 @@ class _Augment:
 
 
 def _augment(data_config: Any) -> _Augment:
+  mean, std = augment.normalisation(data_config)
   return _Augment(
       tokenizer=tokenizer_for(data_config),
       image_size=int(data_config["image_size"]),
       context_length=int(data_config["context_length"]),
       chain=augment.Chain.from_config(data_config),
-      mean=tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
-      std=tuple(data_value(data_config, "std") or augment.CLIP_STD),
+      mean=mean,
+      std=std,
   )
 
 
@@ -211,8 +212,7 @@ def load_eval_split(data_config: Any, split: str | None = None,
   records = _records_for(data_config, source, split, crop=False)
   examples = [e for start in range(0, len(records), 512)
               for e in records.get_many(range(start, min(start + 512, len(records))))]
-  mean, std = (tuple(data_value(data_config, "mean") or augment.CLIP_MEAN),
-               tuple(data_value(data_config, "std") or augment.CLIP_STD))
+  mean, std = augment.normalisation(data_config)
   if view in image_views.IMAGE_VIEWS:  # Images and labels only: no captions to tokenise.
     return {"image": augment.normalize(np.stack([e["image"] for e in examples]), mean, std),
             "label": np.asarray([e["label"] for e in examples], np.int32),

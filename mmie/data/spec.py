@@ -75,12 +75,18 @@ def resolve_view(data_config: Any, view: str | None) -> str:
   return view
 
 
-def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
-  """``data.tokenizer`` (a tokenizer.json or HF directory) if set, else the first source's own."""
+def tokenizer_path_for(data_config: Any) -> str:
+  """``data.tokenizer`` (a tokenizer.json, HF directory or alias) if set, else the path of the
+  first source's own tokenizer."""
   path = data_value(data_config, "tokenizer")
   if not path:
     if is_parallel_text(data_config):
       path = parallel.sources_for(data_config)[0][0].tokenizer_path
     else:
       path = sources.source_for(data_config).tokenizer_path
-  return tokenizer_lib.load_tokenizer(tokenizer_lib.resolve_alias(path))
+  return tokenizer_lib.resolve_alias(path)
+
+
+def tokenizer_for(data_config: Any) -> tokenizer_lib.Tokenizer:
+  """The run's tokenizer (``tokenizer_path_for``), loaded."""
+  return tokenizer_lib.load_tokenizer(tokenizer_path_for(data_config))

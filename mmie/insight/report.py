@@ -3,8 +3,6 @@ and draws everything with mmie/insight/plots.py into ``workdir/plots``."""
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 from typing import Any, Sequence
@@ -15,40 +13,9 @@ import numpy as np
 from mmie.data.augment import CLIP_MEAN, CLIP_STD
 from mmie.evaluate.context import EvalContext
 from mmie.insight import attention, attribution, plots
+from mmie.train.trained import load_trained  # noqa: F401  (re-exported: scripts use it here)
 
 log = logging.getLogger(__name__)
-
-
-def load_trained(workdir: str, config: Any = None) -> tuple[Any, Any, Any, int]:
-  """``(config, model, params, step)`` of a workdir's newest readable checkpoint.
-
-  ``config`` defaults to the one the run saved in ``workdir/config.json``.
-  """
-  import ml_collections
-
-  from mmie import config as config_lib
-  from mmie.train import setup
-  from mmie.train.checkpoint import Checkpointer
-
-  if config is None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?"
-                              " Pass the config explicitly.")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  if not isinstance(config, ml_collections.FrozenConfigDict):
-    config = config_lib.validate(config)
-  run = setup.build_run(config)
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  try:  # A state's structure depends on its training stage: the run's one restore target.
-    restored = ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
-  finally:
-    ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first.")
-  return config, run.model, restored.state.params, restored.step
 
 
 def _eval_batch_size(config: Any) -> int:

@@ -100,6 +100,21 @@ class Checkpointer:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def restore_step(self, step: int, abstract_state: Any) -> Restored:
+    """Restores the checkpoint at ``step`` (``abstract_state`` as in :meth:`restore_latest`)."""
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"{self.directory} has no checkpoint at step {step}; it has "
+                              f"{self.all_steps() or 'none'}.")
+    target = abstract_state(step) if callable(abstract_state) else abstract_state
+    return self._restore(step, target)
+
+  def _restore(self, step: int, target: Any) -> Restored:
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    own, every = _own_data_state(dict(restored["data"] or {}))
+    return Restored(step, restored["state"], own, dict(restored["meta"] or {}), every)
+
   def restore_latest(self, abstract_state: Any) -> Restored | None:
     """Restores the newest checkpoint that loads; None when there is none at all.
 
@@ -112,14 +127,7 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         target = abstract_state(step) if callable(abstract_state) else abstract_state
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        restored = self._restore(step, target)
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable.
         msg = f"Checkpoint at step {step} in {self.directory} could not be restored: {e!r}"
         log.error(msg + "; trying the previous one.")
@@ -129,8 +137,7 @@ class Checkpointer:
         self._quarantine([s for s in steps if s > step])
         log.warning("Resumed from step %d after skipping %d unreadable checkpoint(s), moved"
                     " to %s_corrupt/ for inspection.", step, len(errors), self.directory)
-      own, every = _own_data_state(dict(restored["data"] or {}))
-      return Restored(step, restored["state"], own, dict(restored["meta"] or {}), every)
+      return restored
     if errors:
       raise RuntimeError(
           "No checkpoint in the workdir could be restored:\n  " + "\n  ".join(errors)

@@ -1,0 +1,44 @@
+"""A trained run's model and parameters, read back from its workdir (export, init_from,
+insight and the scripts all start here)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+
+def load_trained(workdir: str, config: Any = None,
+                 step: int | None = None) -> tuple[Any, Any, Any, int]:
+  """``(config, model, params, step)`` of a workdir's newest readable checkpoint, or of the
+  one at ``step``.
+
+  ``config`` defaults to the one the run saved in ``workdir/config.json``.
+  """
+  import ml_collections
+
+  from mmie import config as config_lib
+  from mmie.train import setup
+  from mmie.train.checkpoint import Checkpointer
+
+  if config is None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?"
+                              " Pass the config explicitly.")
+    with open(path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+  if not isinstance(config, ml_collections.FrozenConfigDict):
+    config = config_lib.validate(config)
+  run = setup.build_run(config)
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  target = functools.partial(setup.abstract_state_at, run)
+  try:  # A state's structure depends on its training stage: the run's one restore target.
+    restored = ckpt.restore_latest(target) if step is None else ckpt.restore_step(step, target)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first.")
+  return config, run.model, restored.state.params, restored.step
