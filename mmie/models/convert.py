@@ -29,6 +29,8 @@ __all__ = ["bert_from_hf", "bert_params", "bert_text_config", "clip_config_from_
            "clip_from_hf", "clip_to_hf", "vit_from_hf", "vit_image_config"]
 
 Params = dict[str, Any]
+# config.json key of an export whose token ids 2 and V-1 were exchanged (see clip_to_hf).
+TOKEN_ID_SWAP_KEY = "mmie_token_id_swap"
 
 # ----------------------------------------------------------------------------- CLIP
 
@@ -60,10 +62,19 @@ def clip_from_hf(path: str, *, scan_layers: bool = False) -> tuple[nn.Module, Pa
   get_image_features / get_text_features (images NHWC)."""
   import transformers  # pylint: disable=g-import-not-at-top  (slow import; config only)
 
-  hf = transformers.CLIPConfig.from_dict(hf_io.read_config(path))
+  raw_config = hf_io.read_config(path)
+  hf = transformers.CLIPConfig.from_dict(raw_config)
   model_config = clip_config_from_hf(hf)
   model_config.scan_layers = scan_layers
-  ckpt = hf_mapping.Checkpoint(hf_io.read_params(path), path)
+  flat = hf_io.read_params(path)
+  swap = raw_config.get(TOKEN_ID_SWAP_KEY)
+  if swap:  # An mmie export: back to the numbering of the run's own tokenizer.
+    a, b = swap
+    key = "text_model/embeddings/token_embedding/embedding"
+    flat[key] = flat[key].copy()
+    flat[key][[a, b]] = flat[key][[b, a]]
+    model_config.text.eos_id = a
+  ckpt = hf_mapping.Checkpoint(flat, path)
   t, v = hf.text_config, hf.vision_config
   text = {"token_embed": {"embedding": ckpt["text_model/embeddings/token_embedding/embedding"]},
           "pos_embed": {"embedding": ckpt["text_model/embeddings/position_embedding/embedding"]},
@@ -153,17 +164,54 @@ def _swap_token_ids(tokenizer_path: str, a: int, b: int, out_path: str) -> None:
     json.dump(spec, f, ensure_ascii=False)
 
 
+def clip_hf_flat(params: Params) -> dict[str, np.ndarray]:
+  """Our two-tower params -> flat HF Flax CLIP keys and layouts, token ids as they are."""
+  p = jax.tree_util.tree_map(np.asarray, layers.unbox(params))
+  ti, tt = p["image"], p["text"]
+  flat = {"logit_scale": p["logit_scale"],
+          "visual_projection/kernel": p["image_projection"]["kernel"],
+          "text_projection/kernel": p["text_projection"]["kernel"],
+          "text_model/embeddings/token_embedding/embedding": tt["token_embed"]["embedding"],
+          "text_model/embeddings/position_embedding/embedding": tt["pos_embed"]["embedding"],
+          "vision_model/embeddings/patch_embedding/kernel": ti["patch_embed"]["kernel"],
+          "vision_model/embeddings/class_embedding": ti["cls_token"],
+          "vision_model/embeddings/position_embedding/embedding": ti["pos_embed"]}
+  for ours, theirs in (("ln_final", "text_model/final_layer_norm"),
+                       ("ln_pre", "vision_model/pre_layrnorm"),
+                       ("ln_post", "vision_model/post_layernorm")):
+    tower = tt if ours == "ln_final" else ti
+    flat.update({f"{theirs}/{leaf}": value for leaf, value in tower[ours].items()})
+  for tower, prefix in ((tt, "text_model"), (ti, "vision_model")):
+    for i, block in enumerate(hf_mapping.encoder_blocks(tower["encoder"])):
+      flat.update(hf_mapping.block_to_hf(block, f"{prefix}/encoder/layers/{i}",
+                                         hf_mapping.CLIP_BLOCK))
+  return flat
+
+
+def resolve_clip(model_config: Any, *, logit_bias_ok: bool = False
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+  """(model, image, text) sections with defaults filled, checked to be expressible as CLIP
+  (with SigLIP's logit bias too when ``logit_bias_ok``, as open_clip's CLIP has one)."""
+  model = builder.resolve_keys(model_config, builder.MODEL_KEYS, "model")
+  image = builder.resolve_keys(model["image"], builder.VIT_KEYS, "model.image")
+  text = dict(builder.resolve_keys(model["text"], builder.TEXT_KEYS, "model.text"))
+  _hf_clip_config(dict(model, logit_bias_init=None) if logit_bias_ok else model, image, text)
+  return model, image, text
+
+
 def clip_to_hf(model_config: Any, params: Params, out_dir: str, *,
                tokenizer_path: str | None = None) -> None:
-  """Writes our two-tower ``params`` as an HF CLIP directory (config.json +
-  flax_model.msgpack, and ``tokenizer.json`` when ``tokenizer_path`` is given) that
-  ``transformers.FlaxCLIPModel.from_pretrained`` loads.
+  """Writes our two-tower ``params`` as an HF CLIP directory: config.json, flax_model.msgpack
+  (``transformers.FlaxCLIPModel.from_pretrained``), model.safetensors in PyTorch layout
+  (``transformers.CLIPModel.from_pretrained``), and ``tokenizer.json`` when ``tokenizer_path``
+  is given (``mmie.models.hf_export`` turns the directory into a full HF model directory).
 
   HF pools the text at the largest token id whenever ``eos_token_id == 2`` (its legacy rule
   for old checkpoints), and mmie's tokenizers put end-of-text at id 2. Such a model is
   exported with ids 2 and ``vocab_size - 1`` exchanged: in the token embedding, in
   ``eos_token_id`` and in the exported tokenizer, which is therefore required. Text tokenized
-  by the exported tokenizer gives, in HF, exactly our embeddings.
+  by the exported tokenizer gives, in HF, exactly our embeddings. config.json records the
+  exchange (``mmie_token_id_swap``) so ``clip_from_hf`` restores mmie's numbering.
   """
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -179,30 +227,16 @@ def clip_to_hf(model_config: Any, params: Params, out_dir: str, *,
                        " moves it to id vocab_size - 1 in the weights and the tokenizer alike.")
     text["eos_id"] = last
   hf_config = transformers.CLIPConfig(**_hf_clip_config(model, image, text))
-  p = jax.tree_util.tree_map(np.asarray, layers.unbox(params))
-  ti, tt = p["image"], p["text"]
-  token_embedding = tt["token_embed"]["embedding"]
+  flat = clip_hf_flat(params)
   if renumber:
-    token_embedding = token_embedding.copy()
-    token_embedding[[2, last]] = token_embedding[[last, 2]]
-  flat = {"logit_scale": p["logit_scale"],
-          "visual_projection/kernel": p["image_projection"]["kernel"],
-          "text_projection/kernel": p["text_projection"]["kernel"],
-          "text_model/embeddings/token_embedding/embedding": token_embedding,
-          "text_model/embeddings/position_embedding/embedding": tt["pos_embed"]["embedding"],
-          "vision_model/embeddings/patch_embedding/kernel": ti["patch_embed"]["kernel"],
-          "vision_model/embeddings/class_embedding": ti["cls_token"],
-          "vision_model/embeddings/position_embedding/embedding": ti["pos_embed"]}
-  for ours, theirs in (("ln_final", "text_model/final_layer_norm"),
-                       ("ln_pre", "vision_model/pre_layrnorm"),
-                       ("ln_post", "vision_model/post_layernorm")):
-    tower = tt if ours == "ln_final" else ti
-    flat.update({f"{theirs}/{leaf}": value for leaf, value in tower[ours].items()})
-  for tower, prefix in ((tt, "text_model"), (ti, "vision_model")):
-    for i, block in enumerate(hf_mapping.encoder_blocks(tower["encoder"])):
-      flat.update(hf_mapping.block_to_hf(block, f"{prefix}/encoder/layers/{i}",
-                                         hf_mapping.CLIP_BLOCK))
-  hf_io.write_flax_checkpoint(flat, hf_config.to_dict(), out_dir)
+    key = "text_model/embeddings/token_embedding/embedding"
+    flat[key] = flat[key].copy()
+    flat[key][[2, last]] = flat[key][[last, 2]]
+  config_dict = dict(hf_config.to_dict(), architectures=["CLIPModel"])
+  if renumber:  # Lets clip_from_hf give back exactly these params, in mmie's numbering.
+    config_dict[TOKEN_ID_SWAP_KEY] = [2, last]
+  hf_io.write_flax_checkpoint(flat, config_dict, out_dir)
+  hf_io.write_pytorch_safetensors(flat, out_dir)
   if tokenizer_path is not None:
     target = os.path.join(out_dir, "tokenizer.json")
     if renumber:

@@ -15,6 +15,7 @@ import flax.traverse_util
 import numpy as np
 import safetensors
 import safetensors.flax
+import safetensors.numpy
 
 FLAX_WEIGHTS = "flax_model.msgpack"
 SAFE_WEIGHTS = "model.safetensors"
@@ -90,6 +91,27 @@ def strip_prefix(params: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> di
     if any(k.startswith(prefix) for k in params):
       return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
   return params
+
+
+def _flax_to_pt(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+  """Hugging Face Flax name/layout -> PyTorch name/layout for one tensor (inverse of _pt_key)."""
+  *modules, leaf = name.split("/")
+  array = np.asarray(array)
+  if leaf == "kernel":
+    array = np.transpose(array, (3, 2, 0, 1)) if array.ndim == 4 else array.T
+    leaf = "weight"
+  elif leaf in ("scale", "embedding"):
+    leaf = "weight"
+  return ".".join([*modules, leaf]), array.copy(order="C")  # (ascontiguousarray makes 0-d 1-d.)
+
+
+def write_pytorch_safetensors(flat_params: dict[str, np.ndarray], out_dir: str) -> None:
+  """Writes ``model.safetensors`` in PyTorch layout (what ``from_pretrained`` in PyTorch reads)
+  from flat Hugging Face Flax keys."""
+  os.makedirs(out_dir, exist_ok=True)
+  tensors = dict(_flax_to_pt(k, v) for k, v in flat_params.items())
+  safetensors.numpy.save_file(tensors, os.path.join(out_dir, SAFE_WEIGHTS),
+                              metadata={"format": "pt"})
 
 
 def write_flax_checkpoint(flat_params: dict[str, np.ndarray], config: dict[str, Any],

@@ -9,6 +9,7 @@ import os
 
 import jax
 import numpy as np
+import safetensors
 import pytest
 
 from mmie.configs import clip as clip_config
@@ -145,6 +146,31 @@ def test_clip_to_hf_renumbers_end_of_text_id_2(tmp_path):
   apply = jax.jit(model.apply, static_argnames="method")
   _close(apply({"params": params}, ids_ours, method=model.encode_text),
          jax.jit(hf.get_text_features)(ids_hf, params=hf_params))
+  reloaded_model, reloaded = convert.clip_from_hf(str(tmp_path))  # Back in mmie's numbering.
+  assert reloaded_model.text.eos_id == 2
+  jax.tree_util.tree_map(np.testing.assert_array_equal, reloaded, params)
+
+
+def test_clip_export_pytorch_safetensors_hold_the_same_weights(tmp_path):
+  """model.safetensors (PyTorch layout, read without the Flax file) gives back the params."""
+  config = clip_config.get_config("tiny").model
+  config.text.eos_id = config.text.vocab_size - 1
+  model = models.build_model(config)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          *models.example_inputs(config, batch_size=2))["params"]
+  params = _randomise(models.unbox(shapes), 11)
+  convert.clip_to_hf(config, params, str(tmp_path))
+  with safetensors.safe_open(str(tmp_path / "model.safetensors"), framework="numpy") as f:
+    assert f.metadata() == {"format": "pt"}
+    conv = f.get_tensor("vision_model.embeddings.patch_embedding.weight")
+    fc1 = f.get_tensor("text_model.encoder.layers.0.mlp.fc1.weight")
+  kernel = np.asarray(params["image"]["patch_embed"]["kernel"])  # [kh, kw, in, out]
+  np.testing.assert_array_equal(conv, kernel.transpose(3, 2, 0, 1))  # torch: [out, in, kh, kw]
+  np.testing.assert_array_equal(fc1, np.asarray(
+      params["text"]["encoder"]["layer_0"]["mlp"]["fc1"]["kernel"]).T)
+  os.remove(tmp_path / "flax_model.msgpack")
+  _, reloaded = convert.clip_from_hf(str(tmp_path))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, reloaded, params)
 
 
 BERT_CASES = [
@@ -255,5 +281,5 @@ def test_load_pretrained_rejects_a_mismatched_tower(tmp_path):
     pretrained.load_pretrained(params, {"text": f"bert:{tmp_path}"})
   with pytest.raises(ValueError, match="init_from names subtree 'txt'"):
     pretrained.load_pretrained(params, {"txt": f"bert:{tmp_path}"})
-  with pytest.raises(ValueError, match="is not 'minilm', 'bert:PATH' or 'vit:PATH'"):
+  with pytest.raises(ValueError, match="is not 'hf:PATH', 'mmie:WORKDIR"):
     pretrained.load_pretrained(params, {"text": "gpt2"})
