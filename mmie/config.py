@@ -23,7 +23,7 @@ import ml_collections
 from mmie import schema
 from mmie.data.schema import DATA
 from mmie.schema import ConfigError, Field, Section, non_negative, positive
-from mmie.train.schema import MESH, OPTIMIZER, TRAIN
+from mmie.train.schema import MESH, OPTIMIZER, TRAIN, init_from_ok
 
 __all__ = ["ConfigError", "Field", "TOP_LEVEL", "fill_defaults", "to_dict", "validate"]
 
@@ -49,10 +49,13 @@ TOP_LEVEL: dict[str, Field | Section] = {
     "train": Section(TRAIN),
     "stages": Section({}, open=True, nullable=True),  # Each entry against STAGE, below.
     "stage_order": Field(_SEQ + (type(None),), None, allowed="the stage names in order"),
-    "param_rules": Field(_SEQ + (type(None),), None,
+    # An empty tuple, not None, so that --config.param_rules="((...),)" can override it.
+    "param_rules": Field(_SEQ + (type(None),), (),
                          allowed="a list of (regex, 'frozen' | lr multiplier)"),
     "profile": Section({}, open=True, nullable=True),
-    "init_from": Section({}, open=True, nullable=True),
+    "init_from": Field((str,) + schema.SECTION_TYPES + (type(None),), None, init_from_ok,
+                       "a source ('hf:PATH', 'mmie:WORKDIR[@STEP]', 'minilm', 'bert:PATH',"
+                       " 'vit:PATH') for the whole model, or {subtree: source}"),
     "mesh_rules": Field(_SEQ + (type(None),), None,
                         allowed="a list of (logical axis, mesh axis or None)"),
 }

@@ -15,6 +15,27 @@ _SEQ = (list, tuple)
 _unit = lambda x: 0 <= x < 1
 
 OPTIMIZER_NAMES = ("adamw", "sgd", "adafactor", "lion")
+# config.init_from sources (mmie/models/pretrained.py loads them).
+INIT_SOURCE_KINDS = ("hf", "mmie", "minilm", "bert", "vit")
+INIT_SOURCE_FORMS = "'hf:PATH', 'mmie:WORKDIR[@STEP]', 'minilm', 'bert:PATH' or 'vit:PATH'"
+
+
+def init_source_ok(source: object) -> bool:
+  """Whether ``source`` has one of INIT_SOURCE_FORMS (no file is read)."""
+  kind, _, path = str(source).partition(":")
+  return isinstance(source, str) and (
+      (kind == "minilm" and not path) or (kind in INIT_SOURCE_KINDS and kind != "minilm"
+                                          and bool(path)))
+
+
+def init_from_ok(value: object) -> bool:
+  """``config.init_from``: one source, or a {subtree: source} mapping of them."""
+  if isinstance(value, str):
+    return init_source_ok(value)
+  items = getattr(value, "items", None)
+  return items is not None and all(isinstance(k, str) and init_source_ok(v)
+                                   for k, v in items())
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 OPTIMIZER = {

@@ -217,8 +217,9 @@ def _init_fn(run: Run, stage_run: StageRun):
 def init_state(run: Run, stage_run: StageRun) -> TrainState:
   """Initialises the state directly into its shardings (no full copy on one device).
 
-  ``config.init_from`` (``{subtree: source}``, e.g. ``{"text": "minilm"}``) then replaces
-  those parameter subtrees with converted pretrained weights (LiT), before any step.
+  ``config.init_from`` (one source for the whole tree, e.g. ``"hf:exports/clip"``, or
+  ``{subtree: source}``, e.g. ``{"text": "minilm"}`` for LiT) then replaces those parameters
+  with converted pretrained weights (mmie/models/pretrained.py), before any step.
   """
   init = jax.jit(_init_fn(run, stage_run), out_shardings=stage_run.state_shardings)
   state = init(jax.random.PRNGKey(run.config.seed))
@@ -226,10 +227,12 @@ def init_state(run: Run, stage_run: StageRun) -> TrainState:
   if not init_from:
     return state
   from mmie.models import pretrained  # Deferred: reads weight files only when asked to.
+  if not isinstance(init_from, str):
+    init_from = dict(init_from)
   try:
-    loaded = pretrained.load_pretrained(jax.device_get(state.params), dict(init_from))
+    loaded = pretrained.load_pretrained(jax.device_get(state.params), init_from)
   except (ValueError, KeyError, FileNotFoundError) as e:
-    raise ConfigError(f"config.init_from={dict(init_from)}: {e}") from e
+    raise ConfigError(f"config.init_from={init_from!r}: {e}") from e
   params = jax.device_put(loaded, run.param_shardings)
   reinit = jax.jit(lambda st, p: st.replace(
       params=p, opt_state=st.tx.init(p),
