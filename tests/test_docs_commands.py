@@ -50,6 +50,7 @@ PROSE = {
         "python -m mmie.data.prepare --source=\"folder(path='~/pets')\" --out=/data/pets",
     "python -m mmie.train.aot --config=... --devices=64 --mesh=data=8,fsdp=8": AOT,
     "python -m mmie.train.aot": AOT,
+    "python -m mmie.export": "python -m mmie.export --workdir=runs/clip --out=runs/clip_hf",
 }
 SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/benchmark.py": ["--batch=8", "--steps=1", "--warmup=0", "--rounds=1"],
