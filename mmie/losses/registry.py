@@ -22,8 +22,8 @@ from typing import Any
 
 import optax
 
-from mmie.losses import (classification, contrastive, pairwise, queue, redundancy, transforms,
-                         weighting)
+from mmie.losses import (alignment, classification, contrastive, pairwise, queue, redundancy,
+                         transforms, weighting)
 from mmie.registry import Registry, bind_arguments, describe_signature, parse_call
 from mmie.schema import suggestion
 from mmie.losses.core import Loss, Transform, make_loss
@@ -36,7 +36,8 @@ SCHEDULES: Registry[weighting.Schedule] = Registry("weight schedule")
 for _fn in (contrastive.clip, contrastive.siglip, contrastive.ntxent, contrastive.dcl,
             contrastive.dclw, contrastive.supcon, redundancy.vicreg, redundancy.barlow_twins,
             redundancy.decorrelation, redundancy.feature_consistency,
-            classification.cross_entropy, classification.soft_cross_entropy):
+            classification.cross_entropy, classification.soft_cross_entropy,
+            alignment.bradley_terry, alignment.dpo, alignment.ppo_clip):
   HEADS.register(_fn.__name__, _fn)
 for _fn in (queue.memory_queue, queue.momentum_keys, transforms.dynamic_temperature,
             transforms.learnable_temperature):

@@ -203,7 +203,8 @@ def test_carry_over_of_combined_state_matches_terms_by_name():
 def test_registries_list_every_head_and_transform():
   assert set(losses.HEADS) == {
       "clip", "siglip", "ntxent", "dcl", "dclw", "supcon", "vicreg", "barlow_twins",
-      "decorrelation", "feature_consistency", "cross_entropy", "soft_cross_entropy"}
+      "decorrelation", "feature_consistency", "cross_entropy", "soft_cross_entropy",
+      "bradley_terry", "dpo", "ppo_clip"}
   assert set(losses.TRANSFORMS) == {
       "memory_queue", "momentum_keys", "dynamic_temperature", "learnable_temperature"}
   assert set(losses.WEIGHTINGS) == {"static", "inverse_running_loss", "uncertainty"}
