@@ -21,15 +21,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's workdir.")
-_OUT = flags.DEFINE_string("out", None, "Directory to write (must be empty or new).")
-_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "open_clip"], "What to write.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Allow writing into a non-empty --out.")
-flags.mark_flags_as_required(["workdir", "out"])
-
 EXIT_EXPORT_ERROR = 2
 FORMATS = ("hf", "open_clip")
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  """The command's flags, defined only when it runs: importing ``export_run`` (from a test or
+  beside ``mmie.main``, which has its own ``--workdir``) must not define them twice."""
+  holders = dict(
+      workdir=flags.DEFINE_string("workdir", None, "The trained run's workdir."),
+      out=flags.DEFINE_string("out", None, "Directory to write (must be empty or new)."),
+      format=flags.DEFINE_enum("format", "hf", list(FORMATS), "What to write."),
+      step=flags.DEFINE_integer("step", None,
+                                "Checkpoint step to export (default: the newest)."),
+      overwrite=flags.DEFINE_bool("overwrite", False, "Allow writing into a non-empty --out."))
+  flags.mark_flags_as_required(["workdir", "out"])
+  return holders
 
 
 def export_run(workdir: str, out: str, *, fmt: str = "hf", step: int | None = None,
@@ -60,19 +67,26 @@ def export_run(workdir: str, out: str, *, fmt: str = "hf", step: int | None = No
   return step
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag: dict[str, flags.FlagHolder]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the result line.
     logging.set_verbosity(logging.WARNING)
+  workdir, out, fmt = flag["workdir"].value, flag["out"].value, flag["format"].value
   try:
-    step = export_run(_WORKDIR.value, _OUT.value, fmt=_FORMAT.value, step=_STEP.value,
-                      overwrite=_OVERWRITE.value)
+    step = export_run(workdir, out, fmt=fmt, step=flag["step"].value,
+                      overwrite=flag["overwrite"].value)
   except (ValueError, FileNotFoundError) as e:
     print(f"Export failed: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(EXIT_EXPORT_ERROR)
-  print(f"Exported step {step} of {_WORKDIR.value} to {_OUT.value} ({_FORMAT.value}).")
+  print(f"Exported step {step} of {workdir} to {out} ({fmt}).")
+
+
+def run() -> None:
+  """``python -m mmie.export``."""
+  flag = _define_flags()
+  app.run(lambda argv: main(argv, flag))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -124,3 +124,11 @@ def test_a_bare_name_is_the_shipped_config_and_a_local_file_wins(tmp_path, monke
   assert "clip" in names and "vit_classify" in names and "vision" not in names
   assert len(names) == len([f for f in os.listdir(os.path.join(ROOT, "configs"))
                             if f.endswith(".py") and f not in ("__init__.py", "vision.py")])
+
+
+def test_export_command_imports_beside_the_training_command():
+  """Both commands have a --workdir flag: the export defines its flags only when it runs,
+  so a process (a test, a notebook) can import both."""
+  import mmie.export  # pylint: disable=g-import-not-at-top
+  import mmie.main  # pylint: disable=g-import-not-at-top
+  assert callable(mmie.export.export_run) and callable(mmie.main.run)
