@@ -128,7 +128,11 @@ def test_a_bare_name_is_the_shipped_config_and_a_local_file_wins(tmp_path, monke
 
 def test_export_command_imports_beside_the_training_command():
   """Both commands have a --workdir flag: the export defines its flags only when it runs,
-  so a process (a test, a notebook) can import both."""
-  import mmie.export  # pylint: disable=g-import-not-at-top
-  import mmie.main  # pylint: disable=g-import-not-at-top
-  assert callable(mmie.export.export_run) and callable(mmie.main.run)
+  so a process (a test, a notebook) can import both. In a fresh interpreter, because this
+  test process's absl flags already hold whatever other tests' scripts defined."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-c", "import mmie.main, mmie.export; print(mmie.export.FORMATS)"],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "('hf', 'open_clip')" in result.stdout
