@@ -7,7 +7,8 @@ A bare ``--config=NAME`` is the shipped ``mmie/configs/NAME.py`` (mmie/cli.py), 
 package trains from any directory.
 
 ``--mode=train`` (default) trains, evaluates and checkpoints, resuming from the workdir's newest
-checkpoint if there is one; ``--mode=evaluate`` evaluates that checkpoint without training.
+checkpoint if there is one; ``--mode=evaluate`` evaluates that checkpoint without training, on
+the run's eval split or, with ``--eval_data=SOURCE``, on another source read whole.
 """
 
 import os
@@ -23,6 +24,10 @@ _CONFIG = cli.define_config_flag(
     " shipped config: clip:tiny.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics, checkpoints and plots go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to do.")
+_EVAL_DATA = flags.DEFINE_string(
+    "eval_data", None, "With --mode=evaluate: evaluate on this data source, read whole, instead"
+    " of the run's own eval split, e.g. \"folder(path='~/held_out')\"; the run's tokenizer is"
+    " kept. Metrics go to WORKDIR/evaluations.jsonl.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-host: call jax.distributed.initialize(), which detects TPU"
     " pods, SLURM, Open MPI and Kubernetes by itself. Elsewhere give the three flags below.")
@@ -45,7 +50,13 @@ def main(argv):
   from mmie import config as config_lib
 
   try:
-    config = config_lib.validate(_CONFIG.value)
+    config = _CONFIG.value
+    if _EVAL_DATA.value is not None:
+      if _MODE.value != "evaluate":
+        raise app.UsageError("--eval_data evaluates a trained run: add --mode=evaluate.")
+      from mmie.train import trained
+      config = trained.evaluation_config(config, _EVAL_DATA.value, _WORKDIR.value)
+    config = config_lib.validate(config)
     from mmie.train import loop  # After validation: a bad key fails before heavy imports.
 
     logging.info("Config:\n%s", config)
@@ -53,7 +64,7 @@ def main(argv):
       from mmie.insight.report import plots_hook  # Insight plugs into training as a hook.
       loop.train_and_evaluate(config, _WORKDIR.value, end_hooks=[plots_hook])
     else:
-      loop.evaluate_checkpoint(config, _WORKDIR.value)
+      loop.evaluate_checkpoint(config, _WORKDIR.value, other_data=_EVAL_DATA.value)
   except config_lib.ConfigError as e:
     cli.config_error_exit(str(e))
 

@@ -58,6 +58,10 @@ def _assert_one_line_error(result, workdir, *fragments):
     (["--config.data.name=nosuch"], ["data.name='nosuch'", "unknown data source"]),
     (["--config.data.name=folder(path='/nonexistent/pets')"],
      ["data.name=", "/nonexistent/pets does not exist"]),
+    (["--mode=evaluate", "--eval_data=emoji + emoji * 2"],
+     ["--eval_data='emoji + emoji * 2'", "one source"]),
+    (["--mode=evaluate", "--eval_data=folder(path='/nonexistent/pets')"],
+     ["data.name=", "/nonexistent/pets does not exist"]),
     (["--config.loss.name=clipp"], ["loss", "Did you mean 'clip'"]),
     (["--config.loss.name=clip(temprature=0.1)"], ["loss head 'clip'", "temprature"]),
     (["--config.loss.name=__import__('os').system('true')"], ["loss"]),
@@ -136,3 +140,10 @@ def test_export_command_imports_beside_the_training_command():
       cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "('hf', 'open_clip')" in result.stdout
+
+
+def test_eval_data_needs_evaluate_mode(tmp_path):
+  result, workdir = _main(tmp_path, "--eval_data=emoji")
+  assert result.returncode != 0
+  assert "--eval_data evaluates a trained run: add --mode=evaluate" in result.stderr
+  assert not os.path.exists(workdir)

@@ -9,6 +9,7 @@ files exist. Any mistake is a ConfigError naming ``data.name``.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -44,16 +45,44 @@ def check_spec(data_config: Any) -> str:
   return kind
 
 
-def _check_term(term: str, kind: str) -> None:
+def _bind_term(term: str, kind: str) -> tuple[Any, str, Any, dict[str, Any]]:
+  """``(registry, name, factory, arguments)`` of one source term, nothing built."""
   registry = parallel.PAIR_SOURCES if kind == "parallel_text" else (
       sources.PLANS if parse_call(term).name in sources.PLANS else sources.SOURCES)
   extra = {"data_dir": ""} if registry is sources.SOURCES else {}
-  name, _, kwargs = registry.bind(term, **extra)
+  return (registry, *registry.bind(term, **extra))
+
+
+def _check_term(term: str, kind: str) -> None:
+  registry, name, _, kwargs = _bind_term(term, kind)
   path = kwargs.get("path") or kwargs.get("source_dir")
   if path and not os.path.exists(os.path.expanduser(path)):
     raise FileNotFoundError(f"{name}: {path} does not exist.")
   if registry is not sources.SOURCES:
     registry.build(term)  # A plan checks its own files and options; nothing is read yet.
+
+
+def whole_source(source: str) -> tuple[str, str]:
+  """``source`` read whole, for evaluating a trained run on it: ``(data.name, data.eval_split)``.
+
+  A source that splits its own files by hash (``folder``, ``webdataset``, ``pairs``:
+  ``validation_fraction``) gets fraction 0, so every example lands in ``train``, the split
+  then evaluated; one with a fixed held-out split (``idx``'s official test files, a catalog
+  set) keeps ``validation``. A mixture is refused: its weights mean nothing to an evaluation.
+  """
+  try:
+    terms = sources.parse_mixture(source)
+    if len(terms) != 1 or terms[0][1] != 1.0:
+      raise ValueError(f"give one source to evaluate on, not the mixture {source!r}.")
+    term = terms[0][0]
+    _, name, factory, kwargs = _bind_term(term, catalog.kind_of(source))
+  except _ERRORS as e:
+    raise ConfigError(f"--eval_data={source!r}: {e.args[0] if e.args else e}") from e
+  if "validation_fraction" not in inspect.signature(factory).parameters:
+    return term, "validation"
+  kwargs["validation_fraction"] = 0.0
+  args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+  return f"{name}({args})", "train"
 
 
 def is_parallel_text(data_config: Any) -> bool:

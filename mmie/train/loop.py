@@ -298,8 +298,14 @@ def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
   return metrics
 
 
-def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, float]:
-  """Evaluates the newest checkpoint in ``workdir`` without training."""
+def evaluate_checkpoint(config: Any, workdir: str, *,
+                        other_data: str | None = None) -> dict[str, float]:
+  """Evaluates the newest checkpoint in ``workdir`` without training.
+
+  Metrics go to the run's ``metrics.jsonl``, or, when ``other_data`` names the source the
+  config now reads instead of the run's own (``--eval_data``), to ``evaluations.jsonl`` with
+  that source beside them, so the run's own curves stay its own.
+  """
   run = setup.build_run(config)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                       max_to_keep=config.get("keep_checkpoints", 2))
@@ -311,9 +317,13 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, float]:
   metrics: dict[str, float] = {}
   for _, _, evaluate in evaluators:
     metrics.update(evaluate(restored.state.params))
-  writer = MetricsWriter(workdir, resume_step=None, enabled=jax.process_index() == 0)
-  writer.write(restored.step, metrics)
-  writer.close()
+  if other_data is not None and jax.process_index() == 0:
+    with open(os.path.join(workdir, "evaluations.jsonl"), "a") as f:
+      f.write(json.dumps({"step": restored.step, "data": other_data, **metrics}) + "\n")
+  elif other_data is None:
+    writer = MetricsWriter(workdir, resume_step=None, enabled=jax.process_index() == 0)
+    writer.write(restored.step, metrics)
+    writer.close()
   _print_summary(metrics, evaluators)
   return metrics
 

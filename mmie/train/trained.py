@@ -42,3 +42,24 @@ def load_trained(workdir: str, config: Any = None,
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first.")
   return config, run.model, restored.state.params, restored.step
+
+
+def evaluation_config(config: Any, source: str, workdir: str) -> Any:
+  """``config`` pointed at ``source`` read whole, for ``main.py --mode=evaluate --eval_data``.
+
+  The data's split becomes the one evaluated (mmie/data/spec.py ``whole_source``), and the
+  tokenizer is the run's own ``workdir/tokenizer.json`` unless the config names one: the
+  checkpoint's token ids mean nothing under the tokenizer a new source would train.
+  """
+  import ml_collections
+
+  from mmie.data import spec
+
+  name, split = spec.whole_source(source)
+  config = ml_collections.ConfigDict(config.to_dict())  # Unlocked; overrides already applied.
+  config.data.name = name
+  config.data.eval_split = split
+  saved = os.path.join(workdir, "tokenizer.json")
+  if not config.data.get("tokenizer") and os.path.exists(saved):
+    config.data.tokenizer = saved
+  return config
