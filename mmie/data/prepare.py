@@ -21,7 +21,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import sys
 from typing import Any
@@ -47,7 +46,7 @@ def _run_units(reader: Any, units: list[str], limits: validate.Limits, work_dir:
                workers: int) -> list[str]:
   """Validates every unit without a chunk file; returns all chunk paths in unit order."""
   os.makedirs(work_dir, exist_ok=True)
-  paths = [os.path.join(work_dir, f"unit-{i:06d}-{hashlib.sha256(u.encode()).hexdigest()[:8]}.pkl")
+  paths = [os.path.join(work_dir, f"unit-{i:06d}-{hashlib.sha256(u.encode()).hexdigest()[:8]}.msgpack")
            for i, u in enumerate(units)]
   todo = [(u, p) for u, p in zip(units, paths) if not os.path.exists(p)]
   workers = min(workers or os.cpu_count() or 1, len(todo))
@@ -73,8 +72,7 @@ def _merge(chunks: list[str], validation_fraction: float) -> tuple[dict, dict, l
   train_captions: list[str] = []
   captions_dropped = 0
   for chunk_index, path in enumerate(chunks):
-    with open(path, "rb") as f:
-      chunk = pickle.load(f)
+    chunk = validate.read_chunk(path)
     for reason, origin, detail in chunk["skipped"]:
       skipped[reason].append(f"{origin}: {detail}")
     for index, record in enumerate(chunk["records"]):
@@ -101,8 +99,7 @@ def _merge(chunks: list[str], validation_fraction: float) -> tuple[dict, dict, l
 
 
 def _load(chunks: list[str], chunk_index: int) -> list[dict[str, Any]]:
-  with open(chunks[chunk_index], "rb") as f:
-    return pickle.load(f)["records"]
+  return validate.read_chunk(chunks[chunk_index])["records"]
 
 
 def _move_lowest_bucket_to_validation(chunks: list[str], kept: dict) -> None:
@@ -123,7 +120,8 @@ def _captions_of(chunks: list[str], entries: list[tuple[int, int]]) -> list[str]
 def fingerprint_of(reader: Any, limits: validate.Limits, validation_fraction: float,
                    vocab_size: int) -> str:
   """Identifies the inputs and options: an equal fingerprint means the output is current."""
-  text = repr((reader.fingerprint(), repr(reader), limits, validation_fraction, vocab_size, 1))
+  # The last number versions what preparation does: 2 refuses folder paths outside the folder.
+  text = repr((reader.fingerprint(), repr(reader), limits, validation_fraction, vocab_size, 2))
   return hashlib.sha256(text.encode()).hexdigest()
 
 

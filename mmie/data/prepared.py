@@ -8,12 +8,13 @@ live in the dataset metadata, so a prepared directory is self-describing.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mmie.data import validate
 
 BUILDER_NAME = "mmie_prepared"
 
@@ -57,8 +58,7 @@ class MmiePrepared(tfds.core.GeneratorBasedBuilder):
     for chunk, index in self._plan["kept"][split]:
       wanted.setdefault(chunk, []).append(index)
     for chunk in sorted(wanted):
-      with open(self._plan["chunks"][chunk], "rb") as f:
-        records = pickle.load(f)["records"]
+      records = validate.read_chunk(self._plan["chunks"][chunk])["records"]
       for index in wanted[chunk]:
         r = records[index]
         yield r["key"], {"image": r["image"], "captions": r["captions"], "label": r["label"],

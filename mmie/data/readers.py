@@ -49,6 +49,7 @@ class RawItem:
   label: int = -1
   group: str = ""  # Items sharing a group land in the same split (default: the key).
   split: str = ""  # A split fixed by the source (MNIST's test set); empty: hash the group.
+  refused: str = ""  # Why the reader would not open the file (a path outside its folder).
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -139,10 +140,16 @@ class FolderReader:
     _, start, stop = unit.split(":")
     entries, classes = self.entries()
     index = {name: i for i, name in enumerate(classes)}
+    root = os.path.realpath(self.path)
     for file, captions, label, group in entries[int(start):int(stop)]:
       path = os.path.join(self.path, file)
-      yield RawItem(key=file, origin=path, image=_read_file(path), captions=tuple(captions),
-                    label=index.get(label, -1), group=group)
+      # A row may name any path ('../', '/etc/...', a symlink out): only files that resolve
+      # inside the folder are opened; the others are skipped and reported, never read.
+      real = os.path.realpath(path)
+      inside = os.path.commonpath([root, real]) == root
+      yield RawItem(key=file, origin=path, image=_read_file(path) if inside else None,
+                    captions=tuple(captions), label=index.get(label, -1), group=group,
+                    refused="" if inside else f"resolves to {real}, outside {root}")
 
   def class_names(self) -> tuple[str, ...]:
     return self.entries()[1]

@@ -12,20 +12,21 @@ import dataclasses
 import hashlib
 import io
 import os
-import pickle
 import threading
 import warnings
 from typing import Any
 
+import msgpack
 import numpy as np
 from PIL import Image
 
 from mmie.data import readers
 
 # Skip reasons, in report order. 'duplicate' is decided later, across all units.
-CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE = (
-    "corrupt_image", "empty_caption", "overlong_caption", "duplicate", "unreadable_source")
-REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE)
+CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE = (
+    "corrupt_image", "empty_caption", "overlong_caption", "duplicate", "unreadable_source",
+    "outside_folder")
+REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,8 @@ def _captions(captions: tuple[str, ...], limits: Limits) -> tuple[list[str], int
 
 def check_item(item: readers.RawItem, limits: Limits) -> dict[str, Any]:
   """A clean record for ``item``, or raises ``_Skip``."""
+  if item.refused:
+    raise _Skip(OUTSIDE, item.refused)
   captions, dropped = _captions(item.captions, limits)
   rgb, fmt = _decode(item.image)
   pixels = np.asarray(rgb)
@@ -138,7 +141,29 @@ def process_unit(reader: Any, unit: str, limits: Limits, out_path: str) -> dict[
     skipped.append((UNREADABLE, unit, f"{type(e).__name__}: {e}"))
   tmp = f"{out_path}.tmp{os.getpid()}-{threading.get_ident()}"
   with open(tmp, "wb") as f:
-    pickle.dump({"unit": unit, "records": records, "skipped": skipped}, f,
-                protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(msgpack.packb({"unit": unit, "records": records, "skipped": skipped},
+                          use_bin_type=True, default=_plain))
   os.replace(tmp, out_path)
   return {"records": len(records), "skipped": len(skipped)}
+
+
+def _plain(value: Any) -> Any:
+  """numpy scalars (an IDX label) as Python numbers, the only non-msgpack values a record has."""
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"cannot store {type(value).__name__} in a chunk file.")
+
+
+def read_chunk(path: str) -> dict[str, Any]:
+  """A chunk file written by :func:`process_unit`: msgpack, which holds data and never code
+  (unlike pickle), since a prepared directory may come from someone else."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    chunk = msgpack.unpackb(data, raw=False)
+  except (ValueError, msgpack.UnpackException) as e:
+    chunk = e
+  if not (isinstance(chunk, dict) and {"records", "skipped"} <= set(chunk)):
+    raise ValueError(f"{path} is not a chunk file of mmie.data.prepare (msgpack with records and"
+                     " skipped): delete it, or its work/ folder, and prepare again.")
+  return chunk

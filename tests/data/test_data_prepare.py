@@ -129,10 +129,10 @@ def test_reader_failure_mid_unit_keeps_earlier_items(tmp_path):
   write_tar(tar_path, good)
   data = tar_path.read_bytes()
   (tmp_path / "cut.tar").write_bytes(data[:len(data) // 2 + 700])
-  out = tmp_path / "chunk.pkl"
+  out = tmp_path / "chunk.msgpack"
   validate.process_unit(readers.WebDatasetReader(str(tmp_path / "cut.tar")),
                         str(tmp_path / "cut.tar"), validate.Limits(), str(out))
-  chunk = __import__("pickle").loads(out.read_bytes())
+  chunk = validate.read_chunk(str(out))
   assert [r["key"] for r in chunk["records"]] == ["cut.tar/a"]
   assert chunk["skipped"][0][0] == validate.UNREADABLE
 
