@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from mmie import paths
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 FILE_COLUMNS = ("file", "file_name", "filename", "image", "path")
 CAPTION_COLUMNS = ("caption", "text", "captions")
@@ -140,16 +142,14 @@ class FolderReader:
     _, start, stop = unit.split(":")
     entries, classes = self.entries()
     index = {name: i for i, name in enumerate(classes)}
-    root = os.path.realpath(self.path)
     for file, captions, label, group in entries[int(start):int(stop)]:
       path = os.path.join(self.path, file)
       # A row may name any path ('../', '/etc/...', a symlink out): only files that resolve
       # inside the folder are opened; the others are skipped and reported, never read.
-      real = os.path.realpath(path)
-      inside = os.path.commonpath([root, real]) == root
+      real, inside = paths.resolve_inside(self.path, file)
       yield RawItem(key=file, origin=path, image=_read_file(path) if inside else None,
                     captions=tuple(captions), label=index.get(label, -1), group=group,
-                    refused="" if inside else f"resolves to {real}, outside {root}")
+                    refused="" if inside else f"resolves to {real}, outside {self.path}")
 
   def class_names(self) -> tuple[str, ...]:
     return self.entries()[1]

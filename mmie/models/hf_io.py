@@ -17,6 +17,8 @@ import safetensors
 import safetensors.flax
 import safetensors.numpy
 
+from mmie import paths
+
 FLAX_WEIGHTS = "flax_model.msgpack"
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -78,7 +80,11 @@ def read_params(path: str) -> dict[str, np.ndarray]:
       shards = sorted(set(json.load(f)["weight_map"].values()))
     params = {}
     for shard in shards:
-      params.update(_read_safetensors(os.path.join(path, shard)))
+      real, inside = paths.resolve_inside(path, shard)
+      if not inside:  # A hostile index must not make us read files elsewhere.
+        raise ValueError(f"{index_file} names the shard {shard!r}, which resolves to {real},"
+                         f" outside {path}; shards must lie in the checkpoint's folder.")
+      params.update(_read_safetensors(real))
     return params
   found = sorted(os.listdir(path)) if os.path.isdir(path) else "not a directory"
   raise FileNotFoundError(f"{path!r} holds no {FLAX_WEIGHTS}, {SAFE_WEIGHTS} or {SAFE_INDEX} "

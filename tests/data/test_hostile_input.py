@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mmie.data import prepare, readers, validate
+from tests.hostile import pickled_payload
 
 _OPENED: list[str] | None = None  # Paths opened while recording; None: not recording.
 
@@ -83,20 +83,11 @@ def test_paths_outside_the_folder_are_reported_and_never_opened(hostile_folder, 
   assert any(p.startswith(os.path.realpath(folder)) for p in opened)  # The hook does record.
 
 
-class _Payload:
-  """Unpickling this runs ``open(marker, 'w')``: what a tampered chunk file could do."""
-
-  def __init__(self, marker: str):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (open, (self.marker, "w"))
-
 
 def test_a_pickled_chunk_file_is_refused_not_run(tmp_path):
   marker = tmp_path / "code_ran"
   chunk = tmp_path / "unit-000000-deadbeef.msgpack"
-  chunk.write_bytes(pickle.dumps({"records": [], "skipped": [], "x": _Payload(str(marker))}))
+  chunk.write_bytes(pickled_payload(marker))
   with pytest.raises(ValueError, match="not a chunk file of mmie.data.prepare"):
     validate.read_chunk(str(chunk))
   assert not marker.exists()
