@@ -22,6 +22,7 @@ import functools
 import glob
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -38,6 +39,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 FILE_COLUMNS = ("file", "file_name", "filename", "image", "path")
 CAPTION_COLUMNS = ("caption", "text", "captions")
 ROWS_PER_UNIT = 2000
+# Skip reasons a reader decides itself (mmie/data/validate.py REASONS lists them all).
+OUTSIDE_FOLDER, BAD_ROW = "outside_folder", "bad_captions_row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +54,7 @@ class RawItem:
   label: int = -1
   group: str = ""  # Items sharing a group land in the same split (default: the key).
   split: str = ""  # A split fixed by the source (MNIST's test set); empty: hash the group.
-  refused: str = ""  # Why the reader would not open the file (a path outside its folder).
+  skip: tuple[str, ...] = ()  # (reason, detail) when the reader refused it (OUTSIDE, BAD_ROW).
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -76,6 +79,17 @@ def _read_file(path: str) -> bytes | None:
       return f.read()
   except (FileNotFoundError, IsADirectoryError):
     return None
+
+
+def _json_row(line: bytes) -> dict[str, Any] | str:
+  """One captions.jsonl line as a row, or why it is not one."""
+  try:
+    row = json.loads(line.decode("utf-8"))
+  except UnicodeDecodeError:
+    return "not UTF-8 text"
+  except json.JSONDecodeError as e:
+    return f"not JSON: {e.msg} at column {e.colno}"
+  return row if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
 
 
 def _first(row: dict[str, Any], names: Sequence[str]) -> Any:
@@ -107,38 +121,68 @@ class FolderReader:
           f"captions.tsv (found {found or 'none'}); or pass captions='NAME'.")
     return found[0]
 
-  def _rows(self) -> list[dict[str, Any]]:
+  def _rows(self) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``(line number, row)`` per captions row, or ``(line number, why it cannot be read)``."""
     path = self.captions_file()
-    with open(path, encoding="utf-8", newline="") as f:
-      if path.endswith(".jsonl"):
-        return [json.loads(line) for line in f if line.strip()]
-      return list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
+    with open(path, "rb") as f:
+      raw = f.read()
+    if path.endswith(".jsonl"):
+      for number, line in enumerate(raw.split(b"\n"), start=1):
+        if line.strip():
+          yield number, _json_row(line)
+      return
+    text = raw.decode("utf-8", errors="replace")  # Bad bytes become U+FFFD, flagged per row.
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
+    header = next(rows, [])
+    for fields in rows:
+      if not any(f.strip() for f in fields):
+        continue
+      if "\ufffd" in "".join(fields):
+        yield rows.line_num, "not UTF-8 text"
+      elif len(fields) != len(header):
+        yield rows.line_num, f"{len(fields)} fields where the header has {len(header)}"
+      else:
+        yield rows.line_num, dict(zip(header, fields))
 
   def entries(self) -> tuple[list[tuple[str, list[str], str, str]], tuple[str, ...]]:
     """(file, captions, label name, group) per image in first-seen order, and class names."""
-    return _folder_entries(self, os.stat(self.captions_file()).st_mtime_ns)
+    return _folder_entries(self, os.stat(self.captions_file()).st_mtime_ns)[:2]
 
-  def _parse(self) -> tuple[list[tuple[str, list[str], str, str]], tuple[str, ...]]:
+  def bad_rows(self) -> list[tuple[int, str]]:
+    """``(line number, why)`` of the captions rows that name no usable image."""
+    return _folder_entries(self, os.stat(self.captions_file()).st_mtime_ns)[2]
+
+  def _parse(self) -> tuple[list[tuple[str, list[str], str, str]], tuple[str, ...],
+                            list[tuple[int, str]]]:
     by_file: dict[str, tuple[list[str], str, str]] = {}
-    for number, row in enumerate(self._rows(), start=2):
-      file = _first(row, FILE_COLUMNS)
+    bad: list[tuple[int, str]] = []
+    for number, row in self._rows():
+      file = None if isinstance(row, str) else _first(row, FILE_COLUMNS)
       if file is None:
-        raise ValueError(f"{self.captions_file()} row {number}: no file column; expected one "
-                         f"of {FILE_COLUMNS}, got {sorted(row)}.")
+        bad.append((number, row if isinstance(row, str) else
+                    f"no file column; expected one of {FILE_COLUMNS}, got {sorted(row)}"))
+        continue
       caption = _first(row, CAPTION_COLUMNS)
       captions = caption if isinstance(caption, list) else [caption or ""]
       label = "" if row.get("label") in (None, "") else str(row["label"])
       entry = by_file.setdefault(str(file), ([], label, str(row.get("group") or "")))
       entry[0].extend(str(c) for c in captions)
     classes = tuple(sorted({label for _, label, _ in by_file.values() if label}))
-    return [(f, c, l, g) for f, (c, l, g) in by_file.items()], classes
+    return [(f, c, l, g) for f, (c, l, g) in by_file.items()], classes, bad
 
   def units(self) -> list[str]:
     count = len(self.entries()[0])
     step = self.rows_per_unit
-    return [f"rows:{i}:{min(i + step, count)}" for i in range(0, count, step)]
+    bad = ["bad_rows"] if self.bad_rows() else []
+    return [f"rows:{i}:{min(i + step, count)}" for i in range(0, count, step)] + bad
 
   def read(self, unit: str) -> Iterator[RawItem]:
+    if unit == "bad_rows":  # Reported with their line numbers, never fatal.
+      name = os.path.basename(self.captions_file())
+      for number, why in self.bad_rows():
+        yield RawItem(key=f"{name}:{number}", origin=f"{name} line {number}", image=None,
+                      captions=(), skip=(BAD_ROW, why))
+      return
     _, start, stop = unit.split(":")
     entries, classes = self.entries()
     index = {name: i for i, name in enumerate(classes)}
@@ -149,7 +193,8 @@ class FolderReader:
       real, inside = paths.resolve_inside(self.path, file)
       yield RawItem(key=file, origin=path, image=_read_file(path) if inside else None,
                     captions=tuple(captions), label=index.get(label, -1), group=group,
-                    refused="" if inside else f"resolves to {real}, outside {self.path}")
+                    skip=() if inside else (OUTSIDE_FOLDER, f"resolves to {real}, outside "
+                                                            f"{self.path}"))
 
   def class_names(self) -> tuple[str, ...]:
     return self.entries()[1]
@@ -162,7 +207,10 @@ class FolderReader:
       digest.update(f.read())
     for file, *_ in self.entries()[0]:
       try:
-        stat = os.stat(os.path.join(self.path, file))
+        real, inside = paths.resolve_inside(self.path, file)
+        if not inside:
+          raise OSError("outside the folder: never looked at")
+        stat = os.stat(real)
         digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
       except OSError:
         digest.update(f"{file}:missing".encode())

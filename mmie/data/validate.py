@@ -23,10 +23,10 @@ from PIL import Image
 from mmie.data import readers
 
 # Skip reasons, in report order. 'duplicate' is decided later, across all units.
-CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE = (
-    "corrupt_image", "empty_caption", "overlong_caption", "duplicate", "unreadable_source",
-    "outside_folder")
-REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE)
+CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE = (
+    "corrupt_image", "empty_caption", "overlong_caption", "duplicate", "unreadable_source")
+OUTSIDE, BAD_ROW = readers.OUTSIDE_FOLDER, readers.BAD_ROW  # Decided by the reader.
+REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE, BAD_ROW)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   """Any mode -> RGB; transparency is composited on white (as the emoji set)."""
   if image.mode == "RGB":
     return image
+  if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+    # 16-bit (and 32-bit integer / float) greyscale: PIL's convert would clip every value
+    # above 255 to white. 0..65535 maps onto 0..255 (x / 257); wider types clip first.
+    wide = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+    return Image.fromarray((wide / 257.0).round().astype(np.uint8)).convert("RGB")
   if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -107,8 +112,8 @@ def _captions(captions: tuple[str, ...], limits: Limits) -> tuple[list[str], int
 
 def check_item(item: readers.RawItem, limits: Limits) -> dict[str, Any]:
   """A clean record for ``item``, or raises ``_Skip``."""
-  if item.refused:
-    raise _Skip(OUTSIDE, item.refused)
+  if item.skip:
+    raise _Skip(*item.skip)
   captions, dropped = _captions(item.captions, limits)
   rgb, fmt = _decode(item.image)
   pixels = np.asarray(rgb)
