@@ -16,11 +16,14 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mmie.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +128,9 @@ class Checkpointer:
     steps = self.all_steps()
     errors = []
     for step in reversed(steps):
+      target = abstract_state(step) if callable(abstract_state) else abstract_state
+      refuse_mismatch(self.directory, step, target)  # Another config's: not corrupt, kept.
       try:
-        target = abstract_state(step) if callable(abstract_state) else abstract_state
         restored = self._restore(step, target)
       except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable.
         msg = f"Checkpoint at step {step} in {self.directory} could not be restored: {e!r}"
@@ -165,6 +169,63 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
     self._manager = None
+
+
+def mismatch(directory: str, step: int, target: Any) -> str:
+  """What differs between the state saved at ``step`` and ``target`` (names and shapes);
+  '' when they agree, or when the checkpoint's metadata cannot be read (a torn checkpoint:
+  its restore fails and says so). Reads orbax's metadata file only, on every host alike."""
+  try:
+    saved = _shapes(ocp.StandardCheckpointHandler().metadata(
+        epath.Path(directory) / str(step) / "state"))
+  except Exception:  # noqa: BLE001 - unreadable metadata is the restore's to report.
+    return ""
+  wanted = _shapes(target)
+  order = lambda k: (not k.startswith("params/"), k)  # Parameters first: they say most.
+  parts = []
+  missing = sorted(wanted.keys() - saved.keys(), key=order)
+  extra = sorted(saved.keys() - wanted.keys(), key=order)
+  for label, names in (("missing from the checkpoint", missing),
+                       ("not in this config's state", extra)):
+    if names:
+      parts.append(f"{label}: {', '.join(names[:6])}" + (
+          f" and {len(names) - 6} more" if len(names) > 6 else ""))
+  reshaped = [f"{k} {saved[k]} saved, {wanted[k]} now"
+              for k in sorted(wanted.keys() & saved.keys(), key=order) if saved[k] != wanted[k]]
+  if reshaped:
+    parts.append("shapes differ: " + "; ".join(reshaped[:6]) + (
+        f" and {len(reshaped) - 6} more" if len(reshaped) > 6 else ""))
+  return "; ".join(parts)
+
+
+def refuse_mismatch(directory: str, step: int, target: Any) -> None:
+  """Raises ConfigError naming what differs when the checkpoint at ``step`` holds the state
+  of another config."""
+  differs = mismatch(directory, step, target)
+  if differs:
+    raise ConfigError(
+        f"The checkpoint at step {step} in {directory} was written by another model or"
+        f" training setup ({differs}). Train this config in a new --workdir, or resume with"
+        " the config that wrote it (config.json beside checkpoints/).")
+
+
+def check_matches(directory: str, abstract_state: Callable[[int], Any]) -> None:
+  """:func:`refuse_mismatch` for the newest step under ``directory``, without a checkpoint
+  manager (so without its cross-host barriers): a run calls it before rewriting its workdir."""
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  if steps:
+    refuse_mismatch(directory, max(steps), abstract_state(max(steps)))
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """``{'params/image/.../kernel': shape}`` of a state pytree or of orbax's tree metadata."""
+  def name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def abstract_like(tree: Any) -> Any:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mmie import config as config_lib
-from mmie.train import hooks, setup
+from mmie.train import checkpoint, hooks, setup
 from mmie.train import stages as stages_lib
 from mmie.train.checkpoint import Checkpointer
 from mmie.train.metrics_writer import MetricsWriter, Progress
@@ -171,6 +171,10 @@ def train_and_evaluate(config: Any, workdir: str, *,
 
 def _train_and_evaluate(config: Any, workdir: str, run: setup.Run,
                         end_hooks: Sequence[EndOfRunHook]) -> dict[str, float]:
+  # Before config.json and tokenizer.json are rewritten: another config's checkpoints stop
+  # the run here, and the workdir keeps what says which config wrote them.
+  checkpoint.check_matches(os.path.join(workdir, "checkpoints"),
+                           functools.partial(setup.abstract_state_at, run))
   _save_config(config, workdir)
   s = _Session(config, workdir, run)
   restored = s.ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))

@@ -183,3 +183,24 @@ def test_nonfinite_stop_policy_stops_with_the_step(tmp_path, monkeypatch):
   ckpt.close()
   assert restored.step == 2 and int(restored.state.nonfinite_count) == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state.params))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_config_is_refused_naming_what_differs(straight, tmp_path):
+  """Resuming a workdir with a different model stops before training, names the differing
+  tensors, and leaves every checkpoint where it was (it is not corrupt, only another run's)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(straight, workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  result = subprocess.run([sys.executable, "main.py", *ARGS, f"--workdir={workdir}",
+                           "--config.model.image.width=48"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2, result.stderr[-3000:]
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith("Invalid config: The checkpoint at step 8"), error
+  assert "shapes differ: params/image/" in error and "saved, (48" in error, error
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+  with open(os.path.join(straight, "config.json")) as f, \
+       open(os.path.join(workdir, "config.json")) as g:
+    assert f.read() == g.read(), "config.json still names the config that wrote the checkpoints"
