@@ -7,7 +7,7 @@ can check: the preset becomes ``:tiny``, ``runs/NAME`` a fresh folder (shared by
 that name it, so ``scripts/translate.py --workdir=runs/translate`` reads what the training
 command wrote), ``~/pets`` a small image folder made here, step and batch overrides are
 dropped, ``[optional]`` parts removed and ``<placeholders>`` filled. Scripts that would run
-for minutes get explicit small flags in ``SMALL_FLAGS``. Two commands are not run, each for a
+for minutes get explicit small flags in ``SMALL_FLAGS``. A few commands are not run, each for a
 reason stated in ``NOT_RUN``; the commands in ``PROSE`` are shorthand in running text for
 commands that are run.
 """
@@ -39,6 +39,8 @@ NOT_RUN = {
     "python scripts/benchmark.py --arch=cpu,default --batch=128 --steps=5 --rounds=2 --vs":
         "needs requirements-bench.txt",
     ".venv/bin/python -m pytest tests/models -q": "the test suite itself",
+    # Twenty-odd minutes; tests/test_chaos.py runs the same script with --runs=1.
+    "python scripts/chaos.py --runs=20": "tests/test_chaos.py runs it with --runs=1",
 }
 # Shorthand in running text -> the runnable command it stands for (also run, from its page).
 PROSE = {
