@@ -42,8 +42,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # The package, from any working directory.
 
 OVERRIDES = ["--config.train.ema_decay=0.9", "--config.train.grad_accum_steps=2",
-             "--config.stages.projections.total_steps=4", "--config.stages.top_blocks.total_steps=4",
-             "--config.stages.full.total_steps=4", "--config.total_steps=12",
+             "--config.stages.projections.total_steps=4",
+             "--config.stages.top_blocks.total_steps=4", "--config.stages.full.total_steps=4", "--config.total_steps=12",
              "--config.checkpoint_every=2", "--config.eval_every=6", "--config.log_every=1"]
 CONFIG = "--config=configs/multistage.py:tiny"
 WALL_CLOCK = {"time", "examples_per_second", "step_seconds", "compile_seconds", "mfu"}
@@ -104,10 +104,10 @@ def _final_state(workdir: str):
     restored = ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
   finally:
     ckpt.close()
+  is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
   leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
-  arrays = {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(x)
-                                                if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                                                else x) for p, x in leaves}
+  arrays = {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(x) if is_key(x) else x)
+            for p, x in leaves}
   return restored.step, arrays, restored.data_state
 
 
@@ -136,8 +136,9 @@ def _corrupt_newest(workdir: str, how: str) -> int:
   """Truncates the newest checkpoint's array files, or removes one; returns that step."""
   root = os.path.join(workdir, "checkpoints")
   step = max(int(d) for d in os.listdir(root) if d.isdigit())
-  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, str(step), "state"))
-                 for f in fs if os.path.getsize(os.path.join(d, f)) > 64 and not f.endswith(".json"))
+  state_dir = os.path.join(root, str(step), "state")
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(state_dir) for f in fs
+                 if os.path.getsize(os.path.join(d, f)) > 64 and not f.endswith(".json"))
   for path in files if how == "truncate" else files[:1]:
     if how == "truncate":
       with open(path, "r+b") as f:

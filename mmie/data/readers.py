@@ -132,7 +132,8 @@ class FolderReader:
           yield number, _json_row(line)
       return
     text = raw.decode("utf-8", errors="replace")  # Bad bytes become U+FFFD, flagged per row.
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
+    delimiter = "\t" if path.endswith(".tsv") else ","
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(rows, [])
     for fields in rows:
       if not any(f.strip() for f in fields):
