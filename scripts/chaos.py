@@ -43,7 +43,8 @@ sys.path.insert(0, ROOT)  # The package, from any working directory.
 
 OVERRIDES = ["--config.train.ema_decay=0.9", "--config.train.grad_accum_steps=2",
              "--config.stages.projections.total_steps=4",
-             "--config.stages.top_blocks.total_steps=4", "--config.stages.full.total_steps=4", "--config.total_steps=12",
+             "--config.stages.top_blocks.total_steps=4", "--config.stages.full.total_steps=4",
+             "--config.total_steps=12",
              "--config.checkpoint_every=2", "--config.eval_every=6", "--config.log_every=1"]
 CONFIG = "--config=configs/multistage.py:tiny"
 WALL_CLOCK = {"time", "examples_per_second", "step_seconds", "compile_seconds", "mfu"}
