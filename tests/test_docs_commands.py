@@ -41,6 +41,9 @@ NOT_RUN = {
     ".venv/bin/python -m pytest tests/models -q": "the test suite itself",
     # Twenty-odd minutes; tests/test_chaos.py runs the same script with --runs=1.
     "python scripts/chaos.py --runs=20": "tests/test_chaos.py runs it with --runs=1",
+    "python scripts/op_timings.py --arch=cpu,default --batch=128": "needs requirements-bench.txt",
+    "python scripts/benchmark.py --arch=b16 --dtype=bfloat16 --batch=1024 --loss=clip,siglip"
+    " --attention=xla,cudnn --steps=8 --warmup=2 --rounds=1": "needs an NVIDIA GPU",
 }
 # Shorthand in running text -> the runnable command it stands for (also run, from its page).
 PROSE = {
@@ -64,6 +67,8 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/recipe_figures.py": ["--preset=tiny", "--recipes=lm",
                                   "--plot=$RUNS/recipe_plot.png"],
     "scripts/vision_baselines.py": ["--max_train=500"],
+    "scripts/profile_step.py": ["--arch=tiny", "--batch=8", "--steps=1", "--warmup=0",
+                                "--impl=mmie"],
 }
 # The README's fresh-machine command, whose pip install CI already performs.
 MAIN_JOB = ("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && "

@@ -42,7 +42,8 @@ MODEL_KEYS: schema_lib.Schema = {
     "logit_scale_init": Field(_FLOAT, math.log(1 / 0.07)), "logit_scale_max": Field(_FLOAT, 100.0),
     "logit_bias_init": Field(_OPT_FLOAT, None), "dtype": Field(_STR, "float32"),
     "param_dtype": Field(_STR, "float32"), "remat": Field(_BOOL, False),
-    "scan_layers": Field(_BOOL, False), "image": TOWER, "text": TOWER,
+    "scan_layers": Field(_BOOL, False), "attention": Field(_STR, "xla"), "image": TOWER,
+    "text": TOWER,
 }
 _TOWER_COMMON = {  # remat / scan_layers None: the model-level value.
     "name": Field(_STR, REQUIRED), "activation": Field(_STR, "gelu"),
@@ -101,6 +102,7 @@ def _tower_common(c: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
       num_kv_heads=c["num_kv_heads"], dropout_rate=float(c["dropout_rate"]),
       remat=model["remat"] if c["remat"] is None else c["remat"],
       scan_layers=model["scan_layers"] if c["scan_layers"] is None else c["scan_layers"],
+      attention=layers.check_attention(model["attention"]),
       dtype=parse_dtype(model["dtype"], "model.dtype"),
       param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
 
@@ -267,9 +269,11 @@ def count_params(params: Any) -> int:
 
 
 def build_tower(section: Any, *, dtype: str = "float32", param_dtype: str = "float32",
-                remat: bool = False, scan_layers: bool = False) -> nn.Module:
+                remat: bool = False, scan_layers: bool = False,
+                attention: str = "xla") -> nn.Module:
   """One image or text tower from its config section alone (its ``name`` picks the kind)."""
-  model = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+  model = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
+               attention=attention)
   name = _as_dict(section).get("name")
   if name in IMAGE_TOWERS:
     return IMAGE_TOWERS[name](section, model, "tower")

@@ -46,6 +46,19 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 NORM_PLACEMENTS = ("pre", "post")
 
 
+# jax.nn.dot_product_attention's implementations. 'xla' runs everywhere; 'cudnn' is cuDNN's fused
+# flash attention (NVIDIA GPUs, bf16/fp16 inputs, head_dim <= 128 and a multiple of 8).
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def check_attention(name: str) -> str:
+  """The attention implementation ``name``, or a ValueError naming the allowed ones."""
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention={name!r} is not known; choose one of "
+                     f"{ATTENTION_IMPLEMENTATIONS} ('cudnn' needs an NVIDIA GPU and bf16/fp16).")
+  return name
+
+
 def unbox(tree: Any) -> Any:
   """Strips logical-partitioning metadata: plain arrays for users who do not shard."""
   return nn.meta.unbox(tree)
@@ -108,6 +121,10 @@ class MultiHeadAttention(nn.Module):
     rope_base: if set, rotary positions with this base are applied to self-attention q and k.
     decode: autoregressive mode with a KV cache in the 'cache' collection; initialise it by
       calling once with a full-length input, then feed one (or a few) tokens per call.
+    is_causal: each query attends to itself and earlier keys only. Said as a flag rather than a
+      mask so that a fused kernel (cuDNN's) applies it without reading a [T, S] bias.
+    implementation: ``jax.nn.dot_product_attention``'s: 'xla' (any backend) or 'cudnn' (fused
+      flash attention on NVIDIA GPUs, bf16/fp16 only); see ATTENTION_IMPLEMENTATIONS.
   """
 
   num_heads: int
@@ -117,6 +134,8 @@ class MultiHeadAttention(nn.Module):
   use_bias: bool = True
   rope_base: float | None = None
   decode: bool = False
+  is_causal: bool = False
+  implementation: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -170,7 +189,11 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       mask = jnp.broadcast_to(
           mask, (query.shape[0], self.num_heads, query.shape[1], key.shape[1]))
-    attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    if self.is_causal and self.decode:
+      raise ValueError("is_causal with decode: the KV cache applies causality itself.")
+    attended = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                            is_causal=self.is_causal,
+                                            implementation=self.implementation)
     out_features = self.out_features or inputs_q.shape[-1]
     return nn.DenseGeneral(
         out_features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
@@ -238,12 +261,15 @@ class BlockConfig:
   use_bias: bool = True
   rope_base: float | None = None
   decode: bool = False
+  causal: bool = False  # Self-attention is causal (see MultiHeadAttention.is_causal).
+  attention: str = "xla"  # MultiHeadAttention.implementation.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     if self.norm not in NORM_PLACEMENTS:
       raise ValueError(f"norm={self.norm!r} is not known; choose one of {NORM_PLACEMENTS}.")
+    check_attention(self.attention)
     activation_fn(self.activation)
 
 
@@ -259,8 +285,8 @@ class TransformerBlock(nn.Module):
                              param_dtype=c.param_dtype)
     attention = MultiHeadAttention(
         num_heads=c.num_heads, head_dim=c.head_dim, num_kv_heads=c.num_kv_heads,
-        use_bias=c.use_bias, rope_base=c.rope_base, decode=c.decode, dtype=c.dtype,
-        param_dtype=c.param_dtype, name="attention")
+        use_bias=c.use_bias, rope_base=c.rope_base, decode=c.decode, is_causal=c.causal,
+        implementation=c.attention, dtype=c.dtype, param_dtype=c.param_dtype, name="attention")
     mlp = MLP(c.mlp_dim, activation=c.activation, use_bias=c.use_bias, dtype=c.dtype,
               param_dtype=c.param_dtype, name="mlp")
     dropout = nn.Dropout(c.dropout_rate, deterministic=deterministic)

@@ -77,6 +77,7 @@ class TextTransformer(nn.Module):
   dropout_rate: float = 0.0
   remat: bool = False
   scan_layers: bool = False
+  attention: str = "xla"
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -125,9 +126,9 @@ class TextTransformer(nn.Module):
     # Keys are masked when the caller says so, or by pad_id in a bidirectional tower; a
     # causal tower already hides everything after end-of-text from 'eos' pooling.
     hide_keys = attention_mask is not None or (self.pad_id is not None and not self.causal)
-    mask = layers.combine_masks(
-        layers.causal_mask(tokens.shape[1]) if self.causal else None,
-        layers.key_mask(valid) if hide_keys else None)
+    # Causality is the blocks' flag (a fused kernel applies it without a mask); the mask
+    # carries padding only.
+    mask = layers.key_mask(valid) if hide_keys else None
     x = self._embed(tokens, token_type_ids)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     block = layers.BlockConfig(
@@ -135,7 +136,8 @@ class TextTransformer(nn.Module):
         activation=self.activation, norm=self.norm, layer_norm_eps=self.layer_norm_eps,
         dropout_rate=self.dropout_rate,
         rope_base=self.rope_base if self.positions == "rope" else None,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+        causal=self.causal, attention=self.attention, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     x = layers.TransformerEncoder(self.depth, block, remat=self.remat,
                                   scan_layers=self.scan_layers, name="encoder")(
                                       x, mask, not train)

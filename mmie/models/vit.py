@@ -98,6 +98,7 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   remat: bool = False
   scan_layers: bool = False
+  attention: str = "xla"
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -180,7 +181,8 @@ class VisionTransformer(nn.Module):
     block = layers.BlockConfig(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, num_kv_heads=self.num_kv_heads,
         activation=self.activation, layer_norm_eps=self.layer_norm_eps,
-        dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
+        dropout_rate=self.dropout_rate, attention=self.attention, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     x = layers.TransformerEncoder(self.depth, block, remat=self.remat,
                                   scan_layers=self.scan_layers, name="encoder")(
                                       x, None, not train)

@@ -51,6 +51,29 @@ def test_attention_matches_numpy_reference(num_heads, num_kv_heads):
   np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
+def test_causal_flag_matches_numpy_causal_and_padding_mask():
+  """is_causal (the flag a fused kernel takes) is the textbook lower-triangular mask, and it
+  composes with a padding mask."""
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  key_valid = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], bool)
+  padding = layers.key_mask(jnp.asarray(key_valid))
+  attention = layers.MultiHeadAttention(2, is_causal=True)
+  params = _random_params(attention, x, None, padding)
+  ours = attention.apply({"params": params}, x, None, padding)
+  causal = np.tril(np.ones((6, 6), bool))[None, None] & np.asarray(padding)
+  expected = _np_attention(params, x, x, causal, 2, 2)
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_unknown_attention_implementation_fails_clearly():
+  with pytest.raises(ValueError, match="attention='flash'.*'xla', 'cudnn'"):
+    layers.BlockConfig(num_heads=2, mlp_dim=8, attention="flash")
+  with pytest.raises(ValueError, match="is_causal with decode"):
+    attention = layers.MultiHeadAttention(2, is_causal=True, decode=True)
+    attention.init(jax.random.key(0), jnp.zeros((1, 3, 8)))
+
+
 def test_cross_attention_respects_key_mask():
   rng = np.random.default_rng(1)
   x_q = rng.normal(size=(1, 3, 8)).astype(np.float32)
@@ -162,3 +185,4 @@ def test_every_parameter_has_known_logical_axes(scan_layers):
     assert len(leaf.names) == leaf.value.ndim
     assert set(leaf.names) - {None} <= set(layers.LOGICAL_AXES)
     assert (leaf.names[0] == "layers") == scan_layers
+
