@@ -102,7 +102,7 @@ def _tower_common(c: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
       num_kv_heads=c["num_kv_heads"], dropout_rate=float(c["dropout_rate"]),
       remat=model["remat"] if c["remat"] is None else c["remat"],
       scan_layers=model["scan_layers"] if c["scan_layers"] is None else c["scan_layers"],
-      attention=layers.check_attention(model["attention"]),
+      attention=layers.check_attention(model.get("attention", "xla")),
       dtype=parse_dtype(model["dtype"], "model.dtype"),
       param_dtype=parse_dtype(model["param_dtype"], "model.param_dtype"))
 
