@@ -120,8 +120,9 @@ def _captions_of(chunks: list[str], entries: list[tuple[int, int]]) -> list[str]
 def fingerprint_of(reader: Any, limits: validate.Limits, validation_fraction: float,
                    vocab_size: int) -> str:
   """Identifies the inputs and options: an equal fingerprint means the output is current."""
-  # The last number versions what preparation does: 2 refuses folder paths outside the folder.
-  text = repr((reader.fingerprint(), repr(reader), limits, validation_fraction, vocab_size, 2))
+  # The last number versions what preparation does: 2 refuses folder paths outside the folder,
+  # 3 skips a shard's undecodable caption instead of reading it with replacement characters.
+  text = repr((reader.fingerprint(), repr(reader), limits, validation_fraction, vocab_size, 3))
   return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -41,6 +41,7 @@ CAPTION_COLUMNS = ("caption", "text", "captions")
 ROWS_PER_UNIT = 2000
 # Skip reasons a reader decides itself (mmie/data/validate.py REASONS lists them all).
 OUTSIDE_FOLDER, BAD_ROW = "outside_folder", "bad_captions_row"
+BAD_CAPTION = "undecodable_caption"  # A shard's .txt not UTF-8, or its .json not an object.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,8 @@ class RawItem:
   label: int = -1
   group: str = ""  # Items sharing a group land in the same split (default: the key).
   split: str = ""  # A split fixed by the source (MNIST's test set); empty: hash the group.
-  skip: tuple[str, ...] = ()  # (reason, detail) when the reader refused it (OUTSIDE, BAD_ROW).
+  skip: tuple[str, ...] = ()  # (reason, detail) when the reader refused it (OUTSIDE, BAD_ROW,
+  # BAD_CAPTION).
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -266,14 +268,26 @@ class WebDatasetReader:
 
   @staticmethod
   def _item(shard: str, key: str, files: dict[str, bytes]) -> RawItem:
+    """One sample; an undecodable caption or metadata file skips it (reported), never the
+    rest of the shard."""
     image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
-    meta = json.loads(files["json"]) if "json" in files else {}
-    captions = [files["txt"].decode("utf-8", errors="replace")] if "txt" in files else []
+    item = functools.partial(RawItem, key=f"{shard}/{key}", origin=f"{shard}:{key}")
+    try:
+      meta = json.loads(files["json"]) if "json" in files else {}
+      if not isinstance(meta, dict):
+        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
+      return item(image=None, captions=(), skip=(BAD_CAPTION, f"{key}.json: {e}"))
+    try:
+      captions = [files["txt"].decode("utf-8")] if "txt" in files else []
+    except UnicodeDecodeError as e:
+      return item(image=None, captions=(), skip=(
+          BAD_CAPTION, f"{key}.txt: not UTF-8 (byte {e.object[e.start]:#04x} at {e.start})"))
     if not captions and meta.get("caption"):
       captions = [str(meta["caption"])]
     label = meta.get("label", -1)
-    return RawItem(key=f"{shard}/{key}", origin=f"{shard}:{key}", image=image,
-                   captions=tuple(captions), label=int(label) if isinstance(label, int) else -1)
+    return item(image=image, captions=tuple(captions),
+                label=int(label) if isinstance(label, int) else -1)
 
   def class_names(self) -> tuple[str, ...]:
     return ()

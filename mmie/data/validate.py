@@ -25,8 +25,9 @@ from mmie.data import readers
 # Skip reasons, in report order. 'duplicate' is decided later, across all units.
 CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE = (
     "corrupt_image", "empty_caption", "overlong_caption", "duplicate", "unreadable_source")
-OUTSIDE, BAD_ROW = readers.OUTSIDE_FOLDER, readers.BAD_ROW  # Decided by the reader.
-REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE, BAD_ROW)
+# Decided by the reader.
+OUTSIDE, BAD_ROW, BAD_CAPTION = readers.OUTSIDE_FOLDER, readers.BAD_ROW, readers.BAD_CAPTION
+REASONS = (CORRUPT, EMPTY, OVERLONG, DUPLICATE, UNREADABLE, OUTSIDE, BAD_ROW, BAD_CAPTION)
 
 
 @dataclasses.dataclass(frozen=True)

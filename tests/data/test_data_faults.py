@@ -1,17 +1,20 @@
 """Data faults are counted and reported, never fatal: image modes PIL handles badly by default
 (CMYK, 16-bit, palette with transparency, animated), a wrong file extension, a decompression
-bomb, and a captions file with bad rows (reported with their line numbers)."""
+bomb, a captions file with bad rows (reported with their line numbers), and tar shards with
+undecodable or empty captions (counted, the rest of the shard kept)."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from mmie.data import prepare, readers, validate
-from tests.data.test_data_prepare import decoded, read_split
+from tests.data.test_data_prepare import decoded, png_bytes, read_split
 
 GRADIENT16 = (np.arange(12 * 12, dtype=np.uint32).reshape(12, 12) * 455).astype(np.uint16)
 
@@ -99,3 +102,45 @@ def test_delimited_captions_report_bad_rows_by_line(tmp_path, ext, sep):
   reader = readers.FolderReader(str(folder))
   assert reader.bad_rows() == [(3, "3 fields where the header has 2"), (5, "not UTF-8 text")]
   assert reader.entries()[0] == [("ok.png", ["fine", ""], "", "")]
+
+
+def _add(tar, name: str, payload: bytes) -> None:
+  info = tarfile.TarInfo(name)
+  info.size = len(payload)
+  tar.addfile(info, io.BytesIO(payload))
+
+
+# One tar shard: (key, {extension: payload}), in this order, and the skip each must give.
+_SAMPLES = (("a_good", {"txt": b"a red square"}, None),
+            ("b_latin1", {"txt": b"caf\xe9 au lait"}, ("undecodable_caption",
+                                                        "b_latin1.txt: not UTF-8 (byte 0xe9 at 3)")),
+            ("c_cut_json", {"json": b'{"caption": "cut', "txt": b"fine"},
+             ("undecodable_caption", "c_cut_json.json: Unterminated string")),
+            ("d_json_list", {"json": b'["a", "list"]'},
+             ("undecodable_caption", "d_json_list.json: a JSON list, not an object")),
+            ("e_empty", {"txt": b"  \n "}, ("empty_caption", "no non-empty caption")),
+            ("f_json_caption", {"json": json.dumps({"caption": "from the json"}).encode()}, None),
+            ("g_good_after", {"txt": b"still read after the bad ones"}, None))
+
+
+def test_webdataset_bad_captions_are_counted_and_the_rest_of_the_shard_kept(tmp_path):
+  with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+    for i, (key, files, _) in enumerate(_SAMPLES):  # Distinct pixels: none is a duplicate.
+      _add(tar, f"{key}.png", png_bytes(np.full((6, 6, 3), 10 * i, np.uint8)))
+      for ext, payload in files.items():
+        _add(tar, f"{key}.{ext}", payload)
+  report = prepare.prepare(readers.WebDatasetReader(str(tmp_path / "shard.tar")),
+                           str(tmp_path / "out"), limits=validate.Limits(max_size=0),
+                           validation_fraction=0.0, workers=1)
+  counts = report["counts"]
+  assert (counts["kept"], counts["undecodable_caption"], counts["empty_caption"],
+          counts["unreadable_source"]) == (3, 3, 1, 0), counts
+  for key, _, skip in _SAMPLES:
+    if skip is not None:
+      reason, why = skip
+      assert any(f"shard.tar:{key}" in line and why in line
+                 for line in report["skipped"][reason]), (key, report["skipped"])
+  records = read_split(report["out_dir"], "train")
+  assert {k: r["captions"] for k, r in records.items()} == {
+      "shard.tar/a_good": ["a red square"], "shard.tar/f_json_caption": ["from the json"],
+      "shard.tar/g_good_after": ["still read after the bad ones"]}
