@@ -27,6 +27,8 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 from mmie.schema import ConfigError, unknown_key_error
 
 EXIT_CONFIG_ERROR = 2
+EXIT_NONFINITE = 3  # train.on_nonfinite='stop' met a NaN/inf; the finite state is saved.
+EXIT_OUT_OF_SPACE = 74  # sysexits' EX_IOERR: a write failed for lack of space.
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -146,8 +148,21 @@ def define_config_flag(name: str = "config", help_string: str = "") -> flags.Fla
 
 def config_error_exit(message: str) -> NoReturn:
   """The one line every config mistake prints, and exit status 2."""
-  print(f"Invalid config: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(EXIT_CONFIG_ERROR)
+  error_exit(f"Invalid config: {message}", EXIT_CONFIG_ERROR)
+
+
+def error_exit(message: str, status: int, *, run_exit_handlers: bool = True) -> NoReturn:
+  """Prints ``message`` as one line on stderr and exits with ``status``: for the errors a
+  user acts on (a config mistake, a full disk, a non-finite loss), not for bugs.
+
+  ``run_exit_handlers=False`` leaves at once (``os._exit``) after flushing the standard
+  streams: when the disk is full, the handlers would only retry writes that cannot succeed.
+  """
+  print(" ".join(str(message).split()), file=sys.stderr, flush=True)
+  if not run_exit_handlers:
+    sys.stdout.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
 
 
 def _root_message(error: BaseException) -> str:

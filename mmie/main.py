@@ -67,6 +67,15 @@ def main(argv):
       loop.evaluate_checkpoint(config, _WORKDIR.value, other_data=_EVAL_DATA.value)
   except config_lib.ConfigError as e:
     cli.config_error_exit(str(e))
+  except Exception as e:  # noqa: BLE001 - the errors a user acts on get one line; others raise.
+    from mmie.train import loop, storage
+    if isinstance(e, storage.StorageFullError):
+      # Exit handlers (TensorBoard's flush, orbax's failed write tasks) would only fail
+      # again and print hundreds of lines after the one that says what to do.
+      cli.error_exit(f"Stopped: {e.strerror}", cli.EXIT_OUT_OF_SPACE, run_exit_handlers=False)
+    if isinstance(e, loop.NonFiniteError):
+      cli.error_exit(f"Stopped: {e}", cli.EXIT_NONFINITE)
+    raise
 
 
 def run() -> None:

@@ -166,9 +166,14 @@ class Checkpointer:
     """Waits for pending saves and releases the manager; safe to call twice."""
     if self._manager is None:
       return
-    self._manager.wait_until_finished()
-    self._manager.close()
-    self._manager = None
+    manager, self._manager = self._manager, None
+    try:
+      manager.wait_until_finished()  # Raises a pending save's error (a full disk, say).
+    finally:
+      try:
+        manager.close()
+      except Exception as e:  # noqa: BLE001 - the wait's error, if any, is the one to report.
+        log.warning("Closing the checkpoint manager failed: %r", e)
 
 
 def mismatch(directory: str, step: int, target: Any) -> str:

@@ -7,7 +7,8 @@ import logging
 import math
 import os
 import signal
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Mapping
 
 import jax
 
@@ -166,3 +167,25 @@ class StopSignal:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def close_all(*closers: Callable[[], None]) -> None:
+  """Calls every closer even if some fail, from a ``finally`` block.
+
+  While an exception is already propagating (a failed save, a full disk), a closer's own
+  failure (the same pending write failing again) is logged, not raised, so the first error
+  is the one reported; otherwise the first closer's failure is raised after all have run.
+  """
+  propagating = sys.exc_info()[0] is not None
+  first: BaseException | None = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - every closer must get its turn.
+      if propagating:
+        log.warning("While stopping on an error, %s also failed: %r",
+                    getattr(close, "__qualname__", close), e)
+      elif first is None:
+        first = e
+  if first is not None:
+    raise first

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mmie import config as config_lib
-from mmie.train import checkpoint, hooks, setup
+from mmie.train import checkpoint, hooks, setup, storage
 from mmie.train import stages as stages_lib
 from mmie.train.checkpoint import Checkpointer
 from mmie.train.metrics_writer import MetricsWriter, Progress
@@ -105,6 +105,10 @@ class _Session:
     check_vocabulary(config)
     if jax.process_index() == 0:  # The checkpoints' token ids mean nothing without it.
       pipeline.tokenizer_for(config.data).save(os.path.join(workdir, "tokenizer.json"))
+    count, index = jax.process_count(), jax.process_index()
+    print(f"Process {index} of {count}: {jax.local_device_count()} of {jax.device_count()}"
+          f" devices; global batch {config.batch_size}, this host's {config.batch_size // count}"
+          f" from training records {index}::{count} of each source.", flush=True)
     self.data_iter = pipeline.build_train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed, view=run.task.data_view,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -161,12 +165,19 @@ def train_and_evaluate(config: Any, workdir: str, *,
 
   The whole run is resolved first (``setup.build_run``: every stage, the data spec, the
   evaluators), so a config mistake stops it before the workdir is created or data prepared.
+  A write that fails for lack of space stops it with ``storage.StorageFullError``, naming the
+  newest complete checkpoint.
   ``end_hooks`` run once training ends (``main.py`` registers the plots of mmie/insight).
   """
   run = setup.build_run(config)
   os.makedirs(workdir, exist_ok=True)
-  with hooks.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir, run, end_hooks)
+  try:
+    with hooks.WorkdirLock(workdir):
+      return _train_and_evaluate(config, workdir, run, end_hooks)
+  except Exception as e:  # noqa: BLE001 - only a full disk is translated; the rest re-raised.
+    if storage.out_of_space(e):
+      raise storage.full_error(e, os.path.join(workdir, "checkpoints")) from e
+    raise
 
 
 def _train_and_evaluate(config: Any, workdir: str, run: setup.Run,
@@ -185,6 +196,9 @@ def _train_and_evaluate(config: Any, workdir: str, run: setup.Run,
   else:
     state, step = restored.state, restored.step
     s.data_iter.set_state(restored.data_state)
+    # Updates skipped before the checkpoint were reported then: only new ones count (else a
+    # run resumed after an on_nonfinite='stop' would stop again at its first step).
+    s.nonfinite_seen = int(_local_value(state.nonfinite_count))
     if s.early_stopping:
       s.early_stopping.load(restored.meta.get("early_stopping"))
     print(f"Resumed from the checkpoint at step {step} in {s.ckpt.directory}.", flush=True)
@@ -197,9 +211,7 @@ def _train_and_evaluate(config: Any, workdir: str, run: setup.Run,
           continue
         state, step, final = _train_stage(s, stage, state, step, writer, stop, final)
   finally:
-    s.profiler.close()
-    s.ckpt.close()
-    writer.close()
+    hooks.close_all(s.profiler.close, s.ckpt.close, writer.close)
   if not final:  # Resumed a finished run: evaluate the restored params once more.
     final = _evaluate(s, state, step, writer=None)
   _run_end_hooks(s, state, end_hooks)

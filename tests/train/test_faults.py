@@ -104,6 +104,46 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert _restore(workdir).step == stopped_at
 
 
+# main.py, with the disk full from the save of step {step} on: the process's file-size limit
+# drops to 0, so every write that would grow a file fails (EFBIG; Python ignores SIGXFSZ).
+_FULL_FROM_SAVE = """
+import resource, sys
+from mmie.train import checkpoint
+save = checkpoint.Checkpointer.save
+def full_from(self, step, *args, **kwargs):
+  if step == {step}:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+  return save(self, step, *args, **kwargs)
+checkpoint.Checkpointer.save = full_from
+from mmie import main
+sys.argv = ["main.py", *sys.argv[1:]]
+main.run()
+"""
+
+
+@pytest.mark.slow
+def test_disk_full_stops_clearly_keeps_the_last_checkpoint_and_resumes(straight, tmp_path):
+  workdir = str(tmp_path / "run")
+  full = subprocess.run([sys.executable, "-c", _FULL_FROM_SAVE.format(step=5), *ARGS,
+                         f"--workdir={workdir}"], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=600)  # Pipes, not files: they are not limited.
+  assert full.returncode == 74, full.stderr[-3000:]
+  line = full.stderr.strip().splitlines()[-1]  # The last line: no echoes after it.
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert kept and max(kept) < 5, kept
+  assert line.startswith("Stopped: Out of disk space (or over a quota or file-size limit: File"
+                         " too large) while writing " + workdir), line
+  assert f"step {kept[-1]}, is intact (checkpoints on disk: steps {kept})" in line, line
+  resumed = _start(workdir)  # Space is back: the same command goes on from that checkpoint.
+  out, _ = resumed.communicate(timeout=900)
+  assert resumed.returncode == 0, out[-3000:]
+  assert f"Resumed from the checkpoint at step {kept[-1]}" in out
+  restored, reference = _restore(workdir), _restore(straight)
+  assert restored.step == reference.step == 8
+  _assert_same_params(restored, reference)
+  assert restored.data_state == reference.data_state
+
+
 def _corrupt(step_dir):
   """Truncates every array data file of a checkpoint, as a failing disk might."""
   corrupted = 0
@@ -183,6 +223,15 @@ def test_nonfinite_stop_policy_stops_with_the_step(tmp_path, monkeypatch):
   ckpt.close()
   assert restored.step == 2 and int(restored.state.nonfinite_count) == 1
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.state.params))
+  # Re-run once the data is clean: it goes on from step 2 (the skipped update was reported
+  # by the run that met it, so the restored count does not stop this one) to the end.
+  monkeypatch.setattr(pipeline, "build_train_iterator",
+                      lambda *a, **k: _NanIterator(config, nan_from=config.total_steps + 1))
+  loop.train_and_evaluate(config, str(tmp_path))
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+  finished = ckpt.restore_latest(setup.abstract_state(run, stage_run))
+  ckpt.close()
+  assert finished.step == config.total_steps and int(finished.state.nonfinite_count) == 1
 
 
 @pytest.mark.slow
