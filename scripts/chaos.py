@@ -17,6 +17,22 @@ gradient accumulation, checkpointing every 2 steps and evaluating twice. Cases:
   with a file removed: the resume falls back to the previous checkpoint and re-runs the rest.
 * ``another_config``: the finished workdir resumed with a wider image tower: refused with
   exit 2 naming what differs, every checkpoint left in place.
+* ``disk_full``: a tenth as many runs (at least one) whose disk fills at a random moment (the
+  process's file-size limit drops to 0 bytes, so every write that would grow a file fails
+  with EFBIG, as on a full disk): each must stop with exit 74 and one line naming the newest
+  complete checkpoint, which must be listed unchanged; with space back, the same command
+  resumes from it.
+* ``nan_skip`` / ``nan_stop``: a NaN pixel in the batch of a random step K (odd, so that
+  K - 1 is a checkpoint of the same stage). Under ``train.on_nonfinite='skip'`` the run
+  finishes with that one update skipped and counted, identical to the straight run before
+  K; under ``'stop'`` it exits 3 with the step named, its checkpoint at K equal to the one at
+  K - 1 in every array but the step and the skip counter, and resuming with the same command
+  ends bit-identical to the ``skip`` run.
+* ``two_process``: the same run on two ``jax.distributed`` processes (gloo over 127.0.0.1),
+  straight once, then a tenth as many runs (at least one) with one process (drawn) killed at a
+  random moment. The survivor is given 30 s to fail on its own, then stopped, as a cluster
+  scheduler stops the rest of a job whose task died; both are relaunched with the same
+  commands, and the end must be bit-identical to the straight two-process run.
 
 Each resumed run is compared with the straight run: every array of the final TrainState
 (params, optimizer and loss state, EMA, RNG, step), the data iterator's position, and
@@ -29,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,9 +68,27 @@ CONFIG = "--config=configs/multistage.py:tiny"
 WALL_CLOCK = {"time", "examples_per_second", "step_seconds", "compile_seconds", "mfu"}
 
 
-def _command(workdir: str, *extra: str) -> list[str]:
-  return [sys.executable, os.path.join(ROOT, "main.py"), CONFIG, *OVERRIDES, *extra,
-          f"--workdir={workdir}"]
+NAN_STEPS = (3, 7, 11)  # One per stage; K - 1 is a checkpoint (every 2) of the same stage.
+EXIT_NONFINITE, EXIT_OUT_OF_SPACE = 3, 74  # mmie/cli.py's, read without importing jax here.
+SURVIVOR_GRACE = 30.0  # Seconds the other process of a two-process run gets to fail alone.
+
+
+def _command(workdir: str, *extra: str, inject: str = "") -> list[str]:
+  """main.py's command line, or scripts/chaos_faults.py running main.py with a fault."""
+  entry = [os.path.join(ROOT, "main.py")] if not inject else [
+      os.path.join(ROOT, "scripts", "chaos_faults.py"), inject, "--"]
+  return [sys.executable, *entry, CONFIG, *OVERRIDES, *extra, f"--workdir={workdir}"]
+
+
+def _distributed(port: int, process_id: int) -> list[str]:
+  return [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={process_id}"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def _env(data_dir: str) -> dict[str, str]:
@@ -64,9 +100,42 @@ def _env(data_dir: str) -> dict[str, str]:
   return env
 
 
-def _run(workdir: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-  return subprocess.run(_command(workdir, *extra), cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=1800)
+def _run(workdir: str, env: dict[str, str], *extra: str,
+         inject: str = "") -> subprocess.CompletedProcess:
+  return subprocess.run(_command(workdir, *extra, inject=inject), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=1800)
+
+
+def _run_two(workdir: str, env: dict[str, str], kill_at: float | None = None,
+             victim: int = 0) -> tuple[list[int], str]:
+  """A two-process run; with ``kill_at``, process ``victim`` is SIGKILLed after that many
+  seconds. Returns both exit statuses and what became of the other process."""
+  port = _free_port()
+  os.makedirs(workdir, exist_ok=True)
+  logs = [open(os.path.join(workdir, f"process{i}.log"), "a") for i in range(2)]
+  procs = [subprocess.Popen(_command(workdir, *_distributed(port, i)), cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
+  survivor = ""
+  try:
+    if kill_at is not None:
+      time.sleep(kill_at)
+      if procs[victim].poll() is None:
+        procs[victim].kill()
+        other = procs[1 - victim]
+        try:
+          status = other.wait(timeout=SURVIVOR_GRACE)
+          survivor = f"process {1 - victim} exited {status} by itself"
+        except subprocess.TimeoutExpired:
+          other.kill()
+          survivor = f"process {1 - victim} stopped after {SURVIVOR_GRACE:.0f} s"
+    statuses = [p.wait(timeout=1800) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+    for log in logs:
+      log.close()
+  return statuses, survivor
 
 
 def _interrupt(workdir: str, env: dict[str, str], delay: float, sig: int) -> tuple[int, float]:
@@ -81,13 +150,18 @@ def _interrupt(workdir: str, env: dict[str, str], delay: float, sig: int) -> tup
 
 
 def _metrics(workdir: str) -> list[dict]:
+  """metrics.jsonl without wall-clock fields; NaN as a string, so that NaN == NaN."""
+  nan = lambda v: "nan" if isinstance(v, float) and math.isnan(v) else v
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in f]
+    return [{k: nan(v) for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in f]
 
 
-def _final_state(workdir: str):
-  """(step, flat arrays of the TrainState, data position) of the newest checkpoint."""
+def _final_state(workdir: str, step: int | None = None):
+  """(step, flat arrays of the TrainState, every process's data position) of the newest
+  checkpoint, or of the one at ``step``."""
   import functools
+  import logging
 
   import jax
   import ml_collections
@@ -100,16 +174,21 @@ def _final_state(workdir: str):
   with open(os.path.join(workdir, "config.json")) as f:
     config = config_lib.validate(ml_collections.ConfigDict(json.load(f)))
   run = setup.build_run(config, check_data=False)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  # Reading a two-process run's checkpoint here warns that its data positions (compared as
+  # saved) would not apply to one process.
+  logging.getLogger("mmie.train.checkpoint").setLevel(logging.ERROR)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))  # Reads only: deletes nothing.
+  abstract = functools.partial(setup.abstract_state_at, run)
   try:
-    restored = ckpt.restore_latest(functools.partial(setup.abstract_state_at, run))
+    restored = (ckpt.restore_latest(abstract) if step is None
+                else ckpt.restore_step(step, abstract))
   finally:
     ckpt.close()
   is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
   leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
   arrays = {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(x) if is_key(x) else x)
             for p, x in leaves}
-  return restored.step, arrays, restored.data_state
+  return restored.step, arrays, restored.data_states
 
 
 def _lost(workdir: str, straight: tuple, straight_metrics: list[dict]) -> list[str]:
@@ -149,9 +228,82 @@ def _corrupt_newest(workdir: str, how: str) -> int:
   return step
 
 
+def _outcome(problems: list[str], good: str) -> str:
+  return "; ".join(problems) if problems else good
+
+
+def _disk_full_case(workdir: str, env: dict[str, str], delay: float, straight: tuple,
+                    straight_metrics: list[dict]) -> list[str]:
+  """Fills the disk ``delay`` s into a run, checks the stop, frees it, resumes, compares."""
+  from mmie.train import storage
+
+  stopped = _run(workdir, env, inject=f"disk_full:{delay:.2f}")
+  if stopped.returncode == 0:  # Its last write came before the disk filled.
+    return _lost(workdir, straight, straight_metrics)
+  line = (stopped.stderr.strip().splitlines() or [""])[-1]
+  kept = storage.committed_steps(os.path.join(workdir, "checkpoints"))
+  problems = []
+  if stopped.returncode != EXIT_OUT_OF_SPACE or not line.startswith("Stopped: Out of disk"):
+    problems.append(f"exit {stopped.returncode}: {line[-200:]}")
+  elif kept and f"step {kept[-1]}, is intact (checkpoints on disk: steps {kept})" not in line:
+    problems.append(f"the error does not name the checkpoints on disk {kept}: {line}")
+  resumed = _run(workdir, env)
+  if resumed.returncode:
+    return problems + [f"resume exit {resumed.returncode}"]
+  if kept and f"Resumed from the checkpoint at step {kept[-1]}" not in resumed.stdout:
+    problems.append(f"did not resume from step {kept[-1]}")
+  return problems + _lost(workdir, straight, straight_metrics)
+
+
+def _nan_cases(base: str, env: dict[str, str], step: int, straight: tuple,
+               straight_metrics: list[dict]) -> list[tuple[str, int, str, int]]:
+  """A NaN in the batch of ``step`` under both ``train.on_nonfinite`` policies (table rows)."""
+  import numpy as np
+
+  skip_dir, stop_dir = os.path.join(base, "nan_skip"), os.path.join(base, "nan_stop")
+  skip = _run(skip_dir, env, "--config.train.on_nonfinite=skip", inject=f"nan:{step}")
+  problems = [f"exit {skip.returncode}"] if skip.returncode else []
+  if not problems:
+    final_step, arrays, _ = _final_state(skip_dir)
+    metrics = _metrics(skip_dir)
+    at_k = [m for m in metrics if m["step"] == step and "loss" in m]
+    if final_step != straight[0] or int(arrays[".nonfinite_count"]) != 1:
+      problems.append(f"step {final_step}, {arrays['.nonfinite_count']} skipped (want 1)")
+    if not at_k or at_k[0]["loss"] != "nan" or at_k[0]["nonfinite_count"] != 1:
+      problems.append(f"step {step} not logged as a skipped NaN update")
+    if [m for m in metrics if m["step"] < step] != [
+        m for m in straight_metrics if m["step"] < step]:
+      problems.append(f"differs from the straight run before step {step}")
+    problems += [f"{k} not finite" for k, v in arrays.items()
+                 if v.dtype.kind == "f" and not np.isfinite(v).all()]
+  rows = [(f"nan_skip (NaN at step {step})", 1,
+           _outcome(problems, "update skipped and counted, the rest trained, all finite"),
+           int(bool(problems)))]
+
+  stop = _run(stop_dir, env, "--config.train.on_nonfinite=stop", inject=f"nan:{step}")
+  line = (stop.stderr.strip().splitlines() or [""])[-1]
+  problems = []
+  if stop.returncode != EXIT_NONFINITE or f"skipped by step {step};" not in line:
+    problems.append(f"exit {stop.returncode}: {line[-200:]}")
+  else:
+    at_k, before = _final_state(stop_dir, step), _final_state(stop_dir, step - 1)
+    counters = {".step": 1, ".nonfinite_count": 1}  # The only arrays a skipped update moves.
+    problems += [f"{k} changed by the skipped update" for k in sorted(at_k[1])
+                 if not np.array_equal(at_k[1][k] - counters.get(k, 0), before[1][k])]
+    resumed = _run(stop_dir, env, "--config.train.on_nonfinite=stop")
+    problems += ([f"resume exit {resumed.returncode}"] if resumed.returncode else
+                 [] if skip.returncode else
+                 _lost(stop_dir, _final_state(skip_dir), _metrics(skip_dir)))
+  rows.append((f"nan_stop (NaN at step {step})", 1, _outcome(
+      problems, f"exit 3 naming step {step}; saved state = step {step - 1}'s; resumed ="
+      " nan_skip run"), int(bool(problems))))
+  return rows
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--runs", type=int, default=20, help="SIGKILL runs (SIGTERM: a third).")
+  parser.add_argument("--runs", type=int, default=20,
+                      help="SIGKILL runs (SIGTERM: a third; disk full, two-process: a tenth).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default="", help="Keep the runs here (default: removed).")
   args = parser.parse_args(argv)
@@ -217,6 +369,44 @@ def main(argv: list[str] | None = None) -> int:
     kept = sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     ok = refused.returncode == 2 and "shapes differ" in message and kept
     rows.append(("another_config", 1, f"exit {refused.returncode}: {message[:90]}...", int(not ok)))
+
+    tenth = max(1, args.runs // 10)
+    lost, notes = 0, []
+    for i in range(tenth):
+      delay = rng.uniform(0.05, 0.95) * duration
+      problems = _disk_full_case(os.path.join(base, f"disk_full{i}"), env, delay, straight,
+                                 straight_metrics)
+      lost += bool(problems)
+      notes.append(f"{delay:.1f}s" + (f" ({'; '.join(problems)})" if problems else ""))
+      print(f"disk_full {i}: at {delay:.1f} s -> {_outcome(problems, 'identical')}", flush=True)
+    rows.append(("disk_full", tenth, "exit 74 naming the intact checkpoint, resumed identical,"
+                 f" filled at {', '.join(notes)}", lost))
+
+    rows += _nan_cases(base, env, rng.choice(NAN_STEPS), straight, straight_metrics)
+
+    straight2_dir = os.path.join(base, "two_process")
+    t0 = time.perf_counter()
+    statuses, _ = _run_two(straight2_dir, env)
+    duration2 = time.perf_counter() - t0
+    if any(statuses):
+      rows.append(("two_process", 0, f"straight run exited {statuses}", 1))
+    else:
+      straight2, metrics2 = _final_state(straight2_dir), _metrics(straight2_dir)
+      print(f"two-process straight run: {duration2:.0f} s", flush=True)
+      lost, notes = 0, []
+      for i in range(tenth):
+        workdir = os.path.join(base, f"two_process{i}")
+        delay, victim = rng.uniform(0.05, 0.95) * duration2, rng.randrange(2)
+        _, survivor = _run_two(workdir, env, kill_at=delay, victim=victim)
+        statuses, _ = _run_two(workdir, env)
+        problems = ([f"resume exited {statuses}"] if any(statuses) else
+                    _lost(workdir, straight2, metrics2))
+        lost += bool(problems)
+        notes.append(f"process {victim} at {delay:.1f}s, {survivor or 'run had ended'}"
+                     + (f" ({'; '.join(problems)})" if problems else ""))
+        print(f"two_process {i}: {notes[-1]}", flush=True)
+      rows.append(("two_process", tenth, "identical after relaunch; killed " + ", ".join(notes),
+                   lost))
   finally:
     if not args.workdir:
       shutil.rmtree(base, ignore_errors=True)

@@ -23,6 +23,8 @@ def test_chaos_script_loses_nothing(tmp_path):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = re.findall(r"^\| (\w+)[^|]* \| (\d+) \| .* \| (\d+) \|$", result.stdout, re.M)
   assert [name for name, _, _ in rows] == ["sigkill", "sigterm", "torn", "torn",
-                                           "another_config"], result.stdout
+                                           "another_config", "disk_full", "nan_skip",
+                                           "nan_stop", "two_process"], result.stdout
+  assert all(int(runs) >= 1 for _, runs, _ in rows), result.stdout
   assert all(lost == "0" for _, _, lost in rows), result.stdout
   assert re.search(r"lost: 0\.$", result.stdout, re.M)
