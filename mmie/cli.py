@@ -29,6 +29,7 @@ from mmie.schema import ConfigError, unknown_key_error
 EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE = 3  # train.on_nonfinite='stop' met a NaN/inf; the finite state is saved.
 EXIT_OUT_OF_SPACE = 74  # sysexits' EX_IOERR: a write failed for lack of space.
+EXIT_PEER_LOST = 75  # sysexits' EX_TEMPFAIL: another process of the run died; relaunch all.
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -34,6 +34,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Multi-host: a process whose heartbeats stop for this"
+    " long is declared dead and the run stops (JAX's default, 100). A process that sees a"
+    " collective fail because another died stops at once, without waiting for this.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,10 +45,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; else unused.
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    from mmie.train import distributed
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           heartbeat_timeout_seconds=_HEARTBEAT.value)
   if not flags.FLAGS["verbosity"].present:  # Library INFO chatter hides the progress lines.
     logging.set_verbosity(logging.WARNING)
   from mmie import config as config_lib
@@ -75,7 +78,29 @@ def main(argv):
       cli.error_exit(f"Stopped: {e.strerror}", cli.EXIT_OUT_OF_SPACE, run_exit_handlers=False)
     if isinstance(e, loop.NonFiniteError):
       cli.error_exit(f"Stopped: {e}", cli.EXIT_NONFINITE)
+    _leave_multiprocess_run(e)
     raise
+
+
+def _leave_multiprocess_run(error: Exception) -> None:
+  """In a multi-process run, stops this process now instead of at JAX's shutdown barrier,
+  where it would wait for a peer that may be dead until the heartbeat timeout aborts it."""
+  import jax
+  if not jax.distributed.is_initialized():
+    return
+  import traceback
+  from mmie.train import distributed
+  where = f"process {jax.process_index()} of {jax.process_count()}"
+  if distributed.lost_peer(error):
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    cli.error_exit(f"Stopped: {where} lost another process of the run ({first}). See the"
+                   " other processes' logs; relaunch every process with the same command to"
+                   " resume from the newest checkpoint.", cli.EXIT_PEER_LOST,
+                   run_exit_handlers=False)
+  traceback.print_exc()
+  cli.error_exit(f"Stopped: {where} failed ({type(error).__name__}); leaving without waiting"
+                 " for the others, which stop when they next need this one.", 1,
+                 run_exit_handlers=False)
 
 
 def run() -> None:

@@ -30,9 +30,10 @@ gradient accumulation, checkpointing every 2 steps and evaluating twice. Cases:
   ends bit-identical to the ``skip`` run.
 * ``two_process``: the same run on two ``jax.distributed`` processes (gloo over 127.0.0.1),
   straight once, then a tenth as many runs (at least one) with one process (drawn) killed at a
-  random moment. The survivor is given 30 s to fail on its own, then stopped, as a cluster
-  scheduler stops the rest of a job whose task died; both are relaunched with the same
-  commands, and the end must be bit-identical to the straight two-process run.
+  random moment. The survivor must stop by itself within 30 s (``--heartbeat_timeout_seconds``
+  is 10), else it is stopped as a cluster scheduler stops the rest of a job whose task died,
+  and the run counts as lost; both are relaunched with the same commands, and the end must be
+  bit-identical to the straight two-process run.
 
 Each resumed run is compared with the straight run: every array of the final TrainState
 (params, optimizer and loss state, EMA, RNG, step), the data iterator's position, and
@@ -70,6 +71,7 @@ WALL_CLOCK = {"time", "examples_per_second", "step_seconds", "compile_seconds", 
 
 NAN_STEPS = (3, 7, 11)  # One per stage; K - 1 is a checkpoint (every 2) of the same stage.
 EXIT_NONFINITE, EXIT_OUT_OF_SPACE = 3, 74  # mmie/cli.py's, read without importing jax here.
+HEARTBEAT = 10  # A process silent this long is declared dead by the coordination service.
 SURVIVOR_GRACE = 30.0  # Seconds the other process of a two-process run gets to fail alone.
 
 
@@ -82,7 +84,7 @@ def _command(workdir: str, *extra: str, inject: str = "") -> list[str]:
 
 def _distributed(port: int, process_id: int) -> list[str]:
   return [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-          f"--process_id={process_id}"]
+          f"--process_id={process_id}", f"--heartbeat_timeout_seconds={HEARTBEAT}"]
 
 
 def _free_port() -> int:
@@ -107,15 +109,16 @@ def _run(workdir: str, env: dict[str, str], *extra: str,
 
 
 def _run_two(workdir: str, env: dict[str, str], kill_at: float | None = None,
-             victim: int = 0) -> tuple[list[int], str]:
+             victim: int = 0) -> tuple[list[int], str, bool]:
   """A two-process run; with ``kill_at``, process ``victim`` is SIGKILLed after that many
-  seconds. Returns both exit statuses and what became of the other process."""
+  seconds. Returns both exit statuses, what became of the other process, and whether it hung
+  (had to be stopped)."""
   port = _free_port()
   os.makedirs(workdir, exist_ok=True)
   logs = [open(os.path.join(workdir, f"process{i}.log"), "a") for i in range(2)]
   procs = [subprocess.Popen(_command(workdir, *_distributed(port, i)), cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
-  survivor = ""
+  survivor, hung = "", False
   try:
     if kill_at is not None:
       time.sleep(kill_at)
@@ -127,6 +130,7 @@ def _run_two(workdir: str, env: dict[str, str], kill_at: float | None = None,
           survivor = f"process {1 - victim} exited {status} by itself"
         except subprocess.TimeoutExpired:
           other.kill()
+          hung = True
           survivor = f"process {1 - victim} stopped after {SURVIVOR_GRACE:.0f} s"
     statuses = [p.wait(timeout=1800) for p in procs]
   finally:
@@ -135,7 +139,7 @@ def _run_two(workdir: str, env: dict[str, str], kill_at: float | None = None,
         p.kill()
     for log in logs:
       log.close()
-  return statuses, survivor
+  return statuses, survivor, hung
 
 
 def _interrupt(workdir: str, env: dict[str, str], delay: float, sig: int) -> tuple[int, float]:
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     straight2_dir = os.path.join(base, "two_process")
     t0 = time.perf_counter()
-    statuses, _ = _run_two(straight2_dir, env)
+    statuses, _, _ = _run_two(straight2_dir, env)
     duration2 = time.perf_counter() - t0
     if any(statuses):
       rows.append(("two_process", 0, f"straight run exited {statuses}", 1))
@@ -397,10 +401,11 @@ def main(argv: list[str] | None = None) -> int:
       for i in range(tenth):
         workdir = os.path.join(base, f"two_process{i}")
         delay, victim = rng.uniform(0.05, 0.95) * duration2, rng.randrange(2)
-        _, survivor = _run_two(workdir, env, kill_at=delay, victim=victim)
-        statuses, _ = _run_two(workdir, env)
-        problems = ([f"resume exited {statuses}"] if any(statuses) else
-                    _lost(workdir, straight2, metrics2))
+        _, survivor, hung = _run_two(workdir, env, kill_at=delay, victim=victim)
+        statuses, _, _ = _run_two(workdir, env)
+        problems = ([survivor] if hung else []) + (
+            [f"resume exited {statuses}"] if any(statuses) else
+            _lost(workdir, straight2, metrics2))
         lost += bool(problems)
         notes.append(f"process {victim} at {delay:.1f}s, {survivor or 'run had ended'}"
                      + (f" ({'; '.join(problems)})" if problems else ""))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 # No space on the device, over a disk quota, over the process's file-size limit.
 OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -26,7 +27,8 @@ class StorageFullError(OSError):
   """The run stopped because a write failed for lack of space; nothing committed was lost."""
 
 
-def _chain(error: BaseException):
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+  """``error``, then the errors it was raised from or during, oldest last."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
@@ -36,7 +38,7 @@ def _chain(error: BaseException):
 
 def out_of_space(error: BaseException) -> bool:
   """Whether ``error`` (or one it was raised from) is a write that failed for lack of space."""
-  for e in _chain(error):
+  for e in causes(error):
     if isinstance(e, OSError) and e.errno in OUT_OF_SPACE_ERRNOS:
       return True
     codes = {int(c) for c in _TENSORSTORE_CODE.findall(str(e))}
@@ -46,7 +48,7 @@ def out_of_space(error: BaseException) -> bool:
 
 
 def _failed_path(error: BaseException) -> str:
-  for e in _chain(error):
+  for e in causes(error):
     if isinstance(e, OSError) and e.filename:
       return str(e.filename)
     paths = _PATH.findall(str(e))
@@ -64,7 +66,7 @@ def committed_steps(checkpoint_dir: str) -> list[int]:
 
 def full_error(error: BaseException, checkpoint_dir: str) -> StorageFullError:
   """The one-line error a run stops with when ``error`` is :func:`out_of_space`."""
-  cause = next((e for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
+  cause = next((e for e in causes(error) if isinstance(e, OSError) and e.errno), None)
   reason = os.strerror(cause.errno) if cause is not None else "no space left"
   if cause is None:
     codes = [int(c) for c in _TENSORSTORE_CODE.findall(str(error))]

@@ -1,14 +1,18 @@
-"""Two processes on 127.0.0.1 (jax.distributed + gloo) train like one process.
+"""Two processes on 127.0.0.1 (jax.distributed + gloo) train like one process, also when one
+is killed mid-run and both are relaunched from the command line.
 
 The reference is a single process with the same 8 devices and the same global batches: the
 concatenation of both hosts' shards, which is what the two processes assemble with
 ``make_array_from_process_local_data``.
 """
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -67,6 +71,11 @@ def test_two_processes_match_one(tmp_path):
     assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
     assert f"process {i} done" in out
 
+  _assert_matches_one_process(workdir)
+
+
+def _assert_matches_one_process(workdir: str) -> None:
+  """The two-process run's final checkpoint against the one-process reference."""
   config = config_lib.validate(clip_config.get_config("tiny"))
   run, stage_run, expected, host_positions = _reference_params(config)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -81,3 +90,81 @@ def test_two_processes_match_one(tmp_path):
   # Each host checkpointed its own iterator position; one process cannot resume them exactly.
   assert list(restored.data_states) == host_positions
   assert restored.data_state == {}
+
+
+HEARTBEAT = 15  # Seconds without a process's heartbeats before the run is declared broken.
+
+
+def _main_py(process_id: int, port: int, workdir: str) -> subprocess.Popen:
+  """One process of a two-process ``main.py`` run on 127.0.0.1, with 4 fake CPU devices."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  return subprocess.Popen(
+      [sys.executable, "main.py", "--config=configs/clip.py:tiny", "--config.checkpoint_every=1",
+       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       f"--process_id={process_id}", f"--heartbeat_timeout_seconds={HEARTBEAT}"], cwd=ROOT,
+      env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=600) -> list[str]:
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=timeout)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return outputs
+
+
+@pytest.mark.slow
+def test_command_line_two_processes_one_killed_resume_and_match_one(tmp_path):
+  """``main.py`` on two processes: killing process 1 stops process 0 instead of leaving it
+  hanging, and relaunched, both resume and end as one process does.
+
+  Process 0 stops one of two ways, by what it was doing: a collective that fails on the closed
+  connection gives our one line and exit 75 at once; one that blocks ends when the
+  coordination service misses process 1's heartbeats (``--heartbeat_timeout_seconds``), with
+  JAX's own fatal message and an abort."""
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  procs = [_main_py(i, port, workdir) for i in range(2)]
+  try:
+    deadline = time.time() + 600
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
+      assert all(p.poll() is None for p in procs), _finish(procs)
+      assert time.time() < deadline, "no checkpoint 2 after 600 s"
+      time.sleep(0.05)
+    procs[1].kill()
+    killed_at = time.time()
+    out0, _ = procs[0].communicate(timeout=300)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert time.time() - killed_at < HEARTBEAT + 45, "process 0 hung after process 1 died"
+  assert "Process 0 of 2: 4 of 8 devices; global batch 16, this host's 8 from training" \
+         " records 0::2" in out0
+  last = out0.strip().splitlines()[-1]
+  if procs[0].returncode == 75:
+    assert last.startswith("Stopped: process 0 of 2 lost another process of the run"), last
+    assert "relaunch every process with the same command" in last
+  else:
+    assert procs[0].returncode == -signal.SIGABRT, out0[-3000:]
+    assert "Terminating process because the JAX distributed service detected fatal errors" \
+           in out0 and "stopped sending heartbeats" in out0, out0[-3000:]
+
+  port = _free_port()
+  outputs = _finish([_main_py(i, port, workdir) for i in range(2)])
+  for i, out in enumerate(outputs):
+    assert "Resumed from the checkpoint at step" in out, out[-3000:]
+    assert f"Process {i} of 2: 4 of 8 devices" in out
+  assert "Final evaluation:" in outputs[0]
+
+  _assert_matches_one_process(workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:  # Process 0 alone writes it.
+    steps = [json.loads(line)["step"] for line in f]
+  total = clip_config.get_config("tiny").total_steps
+  assert steps == sorted(steps) and steps.count(total) == 2  # The train line and the eval.
