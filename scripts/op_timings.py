@@ -29,12 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+import bench_models  # noqa: E402  (scripts/bench_models.py: the architectures)
 import benchmark  # noqa: E402  (its flags --arch and --batch are reused)
 
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed runs per op (after 3 warm-ups).")
 
 
-def op_shapes(arch: benchmark.Arch, batch: int) -> list[tuple[str, str, tuple[int, ...]]]:
+def op_shapes(arch: bench_models.Arch, batch: int) -> list[tuple[str, str, tuple[int, ...]]]:
   """(name, kind, shape) of each op of one block per tower, at the step's shapes."""
   ops = []
   towers = (("image", (arch.image_size // arch.patch_size) ** 2 + 1, arch.image_width,
@@ -136,7 +137,7 @@ def main(argv):
   print(f"load: {benchmark._load()}")
   for arch_name in benchmark._ARCH.value:
     for batch in (int(b) for b in benchmark._BATCH.value):
-      ops = op_shapes(benchmark.ARCHS[arch_name], batch)
+      ops = op_shapes(bench_models.ARCHS[arch_name], batch)
       jax_ms = [1e3 * _median_seconds(jax_op(kind, shape), _REPEATS.value)
                 for _, kind, shape in ops]
       torch_ms = [1e3 * _median_seconds(torch_op(kind, shape), _REPEATS.value)

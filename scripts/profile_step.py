@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-import benchmark  # noqa: E402  (scripts/benchmark.py: the same models, batches, optimizer)
+import bench_models  # noqa: E402  (scripts/bench_models.py: the same models and optimizer)
+import benchmark  # noqa: E402  (scripts/benchmark.py: its flags)
 
 # --arch, --batch, --steps and --warmup are scripts/benchmark.py's flags (imported with it).
 _IMPL = flags.DEFINE_list("impl", ["mmie"], "mmie and/or hf_flax (JAX implementations only).")
@@ -170,8 +171,8 @@ class Profile:
 
 def prepare(impl_name: str, arch_name: str, batch: int) -> tuple[Any, dict[str, Instruction]]:
   """The implementation's compiled step, warmed up, and its HLO instruction table."""
-  variant = benchmark.Variant(impl_name, arch_name, batch)
-  timed = benchmark.IMPLS[impl_name](benchmark.ARCHS[arch_name], batch, variant)
+  variant = bench_models.Variant(impl_name, arch_name, batch)
+  timed = bench_models.IMPLS[impl_name](bench_models.ARCHS[arch_name], batch, variant)
   if timed.compiled is None:
     raise app.UsageError(f"--impl={impl_name}: only JAX implementations can be profiled here.")
   for _ in range(benchmark._WARMUP.value):
@@ -241,9 +242,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  unknown = [a for a in benchmark._ARCH.value if a not in benchmark.ARCHS]
+  unknown = [a for a in benchmark._ARCH.value if a not in bench_models.ARCHS]
   if unknown:
-    raise app.UsageError(f"--arch: unknown {unknown}; choose from {sorted(benchmark.ARCHS)}.")
+    raise app.UsageError(f"--arch: unknown {unknown}; choose from {sorted(bench_models.ARCHS)}.")
   bad = [i for i in _IMPL.value if i not in ("mmie", "hf_flax")]
   if bad:
     raise app.UsageError(f"--impl: {bad} cannot be profiled here; choose mmie and/or hf_flax.")
