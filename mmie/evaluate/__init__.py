@@ -33,14 +33,15 @@ def build_contrastive_evaluator(config: Any, model: Any, *,
   return evaluate
 
 
-def build_evaluators(config: Any, model: Any, *,
-                     context: EvalContext | None = None) -> list[tuple[str, int, Evaluator]]:
+def build_evaluators(config: Any, model: Any, *, context: EvalContext | None = None,
+                     mesh: Any = None) -> list[tuple[str, int, Evaluator]]:
   """``[(name, every, evaluate)]`` from ``config.evals`` (else the task's default evaluators).
 
   ``every`` is in steps; 0 means only at the end of training. Evaluators of one run share a
-  context, so those on the same step embed the split once.
+  context, so those on the same step embed the split once. With the run's ``mesh`` they take
+  the sharded train state's params as they are (``EvalContext.jit``).
   """
-  ctx = context or EvalContext(config, model)
+  ctx = context or EvalContext(config, model, mesh=mesh)
   return build_from_specs(config.get("evals", None) or default_evals(config), config, ctx)
 
 

@@ -3,6 +3,13 @@
 Several evaluators on the same schedule (retrieval, zero-shot, diagnostics) read the same
 embeddings; the context computes them once per parameter object and split, and compiles each
 embedder once per run, not once per evaluation.
+
+Given the run's mesh, evaluation runs on the sharded train state as it is, on every host:
+every model call goes through :meth:`EvalContext.jit`, which splits each input batch over the
+mesh's batch axes and returns replicated outputs, so no host ever gathers the parameters
+(an FSDP-sized model need not fit one device or one host) and only model outputs
+(embeddings, logits, token ids) leave the devices. Every host reads the whole evaluation
+split and computes the same metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
+
+from mmie import sharding
 
 SplitLoader = Callable[[str], dict[str, Any]]
 PromptEncoder = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -65,9 +75,11 @@ class EvalContext:
   """
 
   def __init__(self, config: Any, model: Any, *, load_split: SplitLoader | None = None,
-               encode_prompts: PromptEncoder | None = None, decode: Decoder | None = None):
+               encode_prompts: PromptEncoder | None = None, decode: Decoder | None = None,
+               mesh: Mesh | None = None):
     self.config = config
     self.model = model
+    self.mesh = mesh
     if load_split is None or encode_prompts is None or decode is None:
       default_load, default_prompts, default_decode = _pipeline_loaders(config)
       load_split = load_split or default_load
@@ -95,6 +107,32 @@ class EvalContext:
       self._prompts[key] = np.asarray(self._encode_prompts(list(class_names), list(templates)))
     return self._prompts[key]
 
+  def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.jit(fn)`` for ``fn(params, *arrays)``, placed on the run's mesh when there is one.
+
+    With a mesh: ``params`` keep the shardings they have (the train state's); each numpy
+    argument is split over the batch axes when its first dimension divides by their size,
+    else replicated; outputs are replicated, so every host reads them whole.
+    """
+    if self.mesh is None:
+      return jax.jit(fn)
+    mesh = self.mesh
+    jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh))
+    batch, whole, ways = (sharding.batch_sharding(mesh), sharding.replicated(mesh),
+                          sharding.data_parallel_size(mesh))
+
+    def place(x: Any) -> Any:
+      if isinstance(x, jax.Array):
+        return x
+      x = np.asarray(x)
+      where = batch if x.ndim and x.shape[0] % ways == 0 else whole
+      return jax.make_array_from_callback(x.shape, where, lambda index: x[index])
+
+    def on_mesh(params: Any, *arrays: Any) -> Any:
+      return jitted(params, *(place(a) for a in arrays))
+
+    return on_mesh
+
   def _embedder(self, kind: str) -> Callable:
     if kind not in self._embedders:
       method_name = {"image": "encode_image", "text": "encode_text"}[kind]
@@ -103,7 +141,7 @@ class EvalContext:
         raise ValueError(f"Evaluating {kind} embeddings needs a model with {method_name}();"
                          f" {type(self.model).__name__} has none.")
       model = self.model
-      self._embedders[kind] = jax.jit(
+      self._embedders[kind] = self.jit(
           lambda params, x: model.apply({"params": params}, x, method=method))
     return self._embedders[kind]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from mmie.evaluate import text_metrics
@@ -42,7 +41,6 @@ def perplexity(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
   pad_id = int(spec["pad_id"])
   model = ctx.model
 
-  @jax.jit
   def sums(params, batch):
     logits = model.apply({"params": params}, batch[:, :-1])
     if logits.ndim != 3 or logits.shape[:2] != batch[:, 1:].shape:
@@ -50,6 +48,8 @@ def perplexity(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
                        f" the model; {type(model).__name__} returned shape {logits.shape}.")
     targets = batch[:, 1:]
     return text_metrics.token_nll_sum(logits, targets, targets != pad_id)
+
+  sums = ctx.jit(sums)
 
   def evaluate(params: Any) -> dict[str, float]:
     total, count = 0.0, 0.0
@@ -78,7 +78,7 @@ def bleu(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
   source = np.asarray(split["source"])
   references = split["references"]
   model, max_length = ctx.model, int(spec["max_length"])
-  run = jax.jit(lambda params, batch: model.apply({"params": params}, batch,
+  run = ctx.jit(lambda params, batch: model.apply({"params": params}, batch,
                                                   max_length=max_length, method=generate))
 
   def evaluate(params: Any) -> dict[str, float]:

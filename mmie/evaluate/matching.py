@@ -35,26 +35,30 @@ Evaluator = Callable[[Any], dict[str, float]]
 _BLOCK = 1024  # Queries scored at a time: memory for BLOCK x N similarities only.
 
 
-def _encoder(model: Any) -> Callable:
+def _encoder(ctx: EvalContext) -> Callable:
   """``encode`` of image/text pairs, jitted once (one shape: batches are padded)."""
+  model = ctx.model
+
   def encode(params: Any, images: jax.Array, texts: jax.Array) -> dict[str, jax.Array]:
     out = model.apply({"params": params}, images, texts, None, train=False, method="encode")
     return {k: out[k] for k in ("image_emb", "text_emb", "image_tokens", "text_tokens",
                                 "text_valid")}
-  return jax.jit(encode)
+  return ctx.jit(encode)
 
 
-def _matcher(model: Any) -> Callable:
+def _matcher(ctx: EvalContext) -> Callable:
   """Match logit margins of index pairs into the split's token arrays, gathered on device.
 
   The token arrays keep one shape per split and the index batch one size, so it compiles once.
   """
+  model = ctx.model
+
   def margins(params: Any, image_tokens: jax.Array, text_tokens: jax.Array,
               text_valid: jax.Array, image_idx: jax.Array, text_idx: jax.Array) -> jax.Array:
     logits = model.apply({"params": params}, image_tokens[image_idx], text_tokens[text_idx],
                          text_valid[text_idx], train=False, method="match")
     return logits[:, 1] - logits[:, 0]
-  return jax.jit(margins)
+  return ctx.jit(margins)
 
 
 def encode_split(encode_fn: Callable, params: Any, images: np.ndarray, texts: np.ndarray,
@@ -181,7 +185,7 @@ def matching(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
   n, batch_size, rerank_k = len(images), int(spec["batch_size"]), int(spec["rerank_k"])
   ks = tuple(int(k) for k in spec["ks"])
   rerank_ks = tuple(k for k in ks if k <= rerank_k)
-  encode_fn, match_fn = _encoder(ctx.model), _matcher(ctx.model)
+  encode_fn, match_fn = _encoder(ctx), _matcher(ctx)
 
   def evaluate(params: Any) -> dict[str, float]:
     enc = encode_split(encode_fn, params, images, texts, batch_size)

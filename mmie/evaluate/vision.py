@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from mmie.evaluate import representation
@@ -32,7 +31,7 @@ def classification(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
                      f"{spec['split']!r} has none (label -1).")
   images, batch_size = split["image"], int(spec["batch_size"])
   model = ctx.model
-  logits_fn = jax.jit(lambda params, x: model.apply({"params": params}, x)["logits"])
+  logits_fn = ctx.jit(lambda params, x: model.apply({"params": params}, x)["logits"])
   ks = tuple(int(k) for k in spec["ks"])
 
   def evaluate(params: Any) -> dict[str, float]:

@@ -57,7 +57,9 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _host_params(params: Any) -> Any:
-  """Params as host arrays for evaluation; across hosts, every host gathers all of them."""
+  """Params whole on this host, for the end-of-run hooks (plots run on numpy): across hosts a
+  collective, so every process calls it. Evaluation never needs it: it runs on the sharded
+  state (mmie/evaluate/context.py)."""
   if jax.process_count() == 1:
     return params
   from jax.experimental import multihost_utils
@@ -112,7 +114,7 @@ class _Session:
     self.data_iter = pipeline.build_train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed, view=run.task.data_view,
         process_index=jax.process_index(), process_count=jax.process_count())
-    self.evaluators = default_evaluators(config, self.run.model)
+    self.evaluators = default_evaluators(config, self.run.model, mesh=run.mesh)
     self.nonfinite_seen = 0
 
   def stage_run(self, stage: stages_lib.Stage) -> setup.StageRun:
@@ -138,10 +140,12 @@ def _all_finite_host(params: Any) -> bool:
   return bool(_local_value(_all_finite(params)))
 
 
-def default_evaluators(config: Any, model: Any) -> list[tuple[str, int, Callable]]:
-  """The evaluators the config asks for, each with its own schedule (``every`` steps)."""
+def default_evaluators(config: Any, model: Any,
+                       mesh: Any = None) -> list[tuple[str, int, Callable]]:
+  """The evaluators the config asks for, each with its own schedule (``every`` steps); with
+  the run's ``mesh``, they evaluate the sharded params as they are."""
   from mmie.evaluate import build_evaluators  # Deferred: loads the evaluation split.
-  return build_evaluators(config, model)
+  return build_evaluators(config, model, mesh=mesh)
 
 
 EndOfRunHook = Callable[[str, Any, Any, Any], None]  # (workdir, config, host params, model)
@@ -149,9 +153,11 @@ EndOfRunHook = Callable[[str, Any, Any, Any], None]  # (workdir, config, host pa
 
 def _run_end_hooks(s: "_Session", state: Any, end_hooks: Sequence[EndOfRunHook]) -> None:
   """Hooks the entry point registered (plots, exports) on process 0; never fail the run."""
-  if jax.process_index() != 0 or not end_hooks:
+  if not end_hooks:
     return
-  params = _host_params(state.params)
+  params = _host_params(state.params)  # Every process takes part in the gather.
+  if jax.process_index() != 0:
+    return
   for hook in end_hooks:
     try:
       hook(s.workdir, s.config, params, s.run.model)
@@ -303,10 +309,9 @@ def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
 def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
               only: Callable | None = None) -> dict[str, float]:
   metrics: dict[str, float] = {}
-  params = _host_params(state.params)
   for _, _, evaluate in s.evaluators:
     if only is None or evaluate is only:
-      metrics.update(evaluate(params))
+      metrics.update(evaluate(state.params))
   if writer is not None:
     writer.write(step, metrics)
   if jax.process_index() == 0:
@@ -329,7 +334,7 @@ def evaluate_checkpoint(config: Any, workdir: str, *,
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {ckpt.directory}; train first.")
-  evaluators = default_evaluators(config, run.model)
+  evaluators = default_evaluators(config, run.model, mesh=run.mesh)
   metrics: dict[str, float] = {}
   for _, _, evaluate in evaluators:
     metrics.update(evaluate(restored.state.params))

@@ -21,6 +21,7 @@ import pytest
 from mmie.configs import clip as clip_config
 from mmie import config as config_lib
 from mmie.data import pipeline
+from mmie.evaluate import build_evaluators
 from mmie.train import setup
 from mmie.train.checkpoint import Checkpointer
 
@@ -74,7 +75,7 @@ def test_two_processes_match_one(tmp_path):
   _assert_matches_one_process(workdir)
 
 
-def _assert_matches_one_process(workdir: str) -> None:
+def _assert_matches_one_process(workdir: str):
   """The two-process run's final checkpoint against the one-process reference."""
   config = config_lib.validate(clip_config.get_config("tiny"))
   run, stage_run, expected, host_positions = _reference_params(config)
@@ -90,6 +91,7 @@ def _assert_matches_one_process(workdir: str) -> None:
   # Each host checkpointed its own iterator position; one process cannot resume them exactly.
   assert list(restored.data_states) == host_positions
   assert restored.data_state == {}
+  return restored
 
 
 HEARTBEAT = 15  # Seconds without a process's heartbeats before the run is declared broken.
@@ -101,6 +103,9 @@ def _main_py(process_id: int, port: int, workdir: str) -> subprocess.Popen:
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   return subprocess.Popen(
       [sys.executable, "main.py", "--config=configs/clip.py:tiny", "--config.checkpoint_every=1",
+       # FSDP over all 8 devices: each process holds half of every split parameter, so the
+       # evaluation and the end-of-run plots must work without one process holding them all.
+       "--config.mesh.data=1", "--config.mesh.fsdp=8",
        f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
        f"--process_id={process_id}", f"--heartbeat_timeout_seconds={HEARTBEAT}"], cwd=ROOT,
       env=env, stdout=subprocess.PIPE,
@@ -121,8 +126,8 @@ def _finish(procs, timeout=600) -> list[str]:
 
 @pytest.mark.slow
 def test_command_line_two_processes_one_killed_resume_and_match_one(tmp_path):
-  """``main.py`` on two processes: killing process 1 stops process 0 instead of leaving it
-  hanging, and relaunched, both resume and end as one process does.
+  """``main.py`` on two processes with FSDP across both: killing process 1 stops process 0
+  instead of leaving it hanging, and relaunched, both resume and end as one process does.
 
   Process 0 stops one of two ways, by what it was doing: a collective that fails on the closed
   connection gives our one line and exit 75 at once; one that blocks ends when the
@@ -162,9 +167,21 @@ def test_command_line_two_processes_one_killed_resume_and_match_one(tmp_path):
     assert "Resumed from the checkpoint at step" in out, out[-3000:]
     assert f"Process {i} of 2: 4 of 8 devices" in out
   assert "Final evaluation:" in outputs[0]
+  assert os.path.isfile(os.path.join(workdir, "plots", "training_curves.png"))  # Process 0's.
 
-  _assert_matches_one_process(workdir)
+  restored = _assert_matches_one_process(workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:  # Process 0 alone writes it.
-    steps = [json.loads(line)["step"] for line in f]
+    records = [json.loads(line) for line in f]
   total = clip_config.get_config("tiny").total_steps
+  steps = [r["step"] for r in records]
   assert steps == sorted(steps) and steps.count(total) == 2  # The train line and the eval.
+  # The two processes evaluated the sharded state in place; one process evaluating the same
+  # params on the host gets the same figures (float32 rounding of the sharded matmuls aside).
+  logged = next(r for r in records if r["step"] == total and "eval/i2t_recall@1" in r)
+  config = config_lib.validate(clip_config.get_config("tiny"))
+  host = {}
+  for _, _, evaluate in build_evaluators(config, setup.build_run(config).model):
+    host.update(evaluate(jax.device_get(restored.state.params)))
+  for key, value in host.items():
+    np.testing.assert_allclose(logged[key], value, rtol=1e-4, atol=1e-5,
+                               err_msg=key)
