@@ -93,6 +93,31 @@ DEFAULT_AXIS_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+def axis_rules(config: Any) -> Sequence[tuple[str, str | None]]:
+  """The run's logical -> mesh axis rules for parameters: ``config.mesh_rules`` or the
+  defaults."""
+  return config.get("mesh_rules", None) or DEFAULT_AXIS_RULES
+
+
+# The parameter axes whose activation counterparts (mmie.models.layers.ACTIVATION_AXES) are
+# split as the parameters are: a tensor-parallel weight's heads, hidden units or vocabulary
+# give the activations it produces the same split.
+_ACTIVATION_FOLLOWS = {"heads": "activation_heads", "kv_heads": "activation_heads",
+                       "mlp": "activation_mlp", "vocab": "activation_vocab"}
+
+
+def activation_rules(param_rules: Sequence[tuple[str, str | None]]) -> tuple[tuple[str, Any], ...]:
+  """Logical activation axis -> mesh axes, from the parameter rules: the batch over
+  ``BATCH_AXES``; heads, MLP units and vocabulary over the axis their weights use, unless
+  that is a batch axis (FSDP splits weights, never a batch's features); the rest whole."""
+  rules: dict[str, Any] = {"activation_batch": BATCH_AXES}
+  for name, axis in param_rules:
+    target = _ACTIVATION_FOLLOWS.get(name)
+    if target and target not in rules:
+      rules[target] = axis if axis not in BATCH_AXES else None
+  return tuple(rules.items())
+
+
 def _fit(shape: tuple[int, ...], axes: Sequence[str | None], mesh: Mesh) -> P:
   """A PartitionSpec for ``shape`` with every axis that does not divide its dim dropped."""
   used: set[str] = set()

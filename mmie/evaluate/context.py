@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmie import sharding
+from mmie.models import layers
 
 SplitLoader = Callable[[str], dict[str, Any]]
 PromptEncoder = Callable[[Sequence[str], Sequence[str]], np.ndarray]
@@ -112,12 +113,19 @@ class EvalContext:
 
     With a mesh: ``params`` keep the shardings they have (the train state's); each numpy
     argument is split over the batch axes when its first dimension divides by their size,
-    else replicated; outputs are replicated, so every host reads them whole.
+    else replicated; the model's activations are constrained as in training; outputs are
+    replicated, so every host reads them whole.
     """
     if self.mesh is None:
       return jax.jit(fn)
     mesh = self.mesh
-    jitted = jax.jit(fn, out_shardings=sharding.replicated(mesh))
+    rules = sharding.activation_rules(sharding.axis_rules(self.config))
+
+    def constrained(*args: Any) -> Any:  # The model's activation shardings, as in training.
+      with layers.activation_sharding(mesh, rules):
+        return fn(*args)
+
+    jitted = jax.jit(constrained, out_shardings=sharding.replicated(mesh))
     batch, whole, ways = (sharding.batch_sharding(mesh), sharding.replicated(mesh),
                           sharding.data_parallel_size(mesh))
 

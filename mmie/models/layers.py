@@ -7,10 +7,20 @@ so that pretrained CLIP / BERT / ViT weights import by reshaping alone.
 Every parameter carries logical axis names (``nn.with_logical_partitioning``) drawn from
 ``LOGICAL_AXES`` so the engine can map them onto a mesh; ``nn.unbox`` (or ``unbox`` below)
 turns an initialised tree into plain arrays for users who do not shard.
+
+The activations between sublayers carry logical names too (``ACTIVATION_AXES``, through
+:func:`constrain`): the residual stream [batch, length, embed], queries, keys and values
+[batch, length, heads, kv], the MLP hidden units [batch, length, mlp] and vocabulary logits.
+They are sharding constraints only inside :func:`activation_sharding` (the engine enters it
+while tracing its step), so data, FSDP and tensor-parallel layouts are stated rather than left
+to XLA's propagation, as MaxText does; elsewhere they do nothing.
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -35,6 +45,55 @@ SUGGESTED_AXIS_RULES = (
     ("embed", "fsdp"), ("mlp", "model"), ("heads", "model"), ("kv_heads", "model"),
     ("vocab", "model"),
 )
+
+# Logical names of activation axes (see the module docstring); mmie.sharding maps them.
+BATCH, LENGTH, EMBED, HEADS, KV, MLP_UNITS, VOCAB = (
+    "activation_batch", "activation_length", "activation_embed", "activation_heads",
+    "activation_kv", "activation_mlp", "activation_vocab")
+ACTIVATION_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP_UNITS, VOCAB)
+RESIDUAL = (BATCH, LENGTH, EMBED)
+
+# (mesh, {logical name: mesh axes}) while activation_sharding is entered; else None. Our own
+# context rather than Flax's logical_axis_rules: with those set, Flax also constrains every
+# parameter it unboxes, which is the engine's business (its explicit parameter shardings).
+_ACTIVATION_LAYOUT: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "mmie_activation_layout", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Any, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """Within this context, :func:`constrain` pins activations to ``mesh`` by ``rules``
+  (logical name -> mesh axis, a tuple of axes, or None), as traced code runs."""
+  token = _ACTIVATION_LAYOUT.set((mesh, dict(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_LAYOUT.reset(token)
+
+
+def constrain(x: Array, names: tuple[str | None, ...]) -> Array:
+  """``x`` with its axes pinned to the mesh by logical ``names`` (one per axis); ``x``
+  unchanged outside :func:`activation_sharding` or on a one-device mesh. A mesh axis that
+  does not divide its dimension leaves that dimension whole."""
+  layout = _ACTIVATION_LAYOUT.get()
+  if layout is None or layout[0].size == 1:
+    return x
+  mesh, rules = layout
+  if len(names) != x.ndim:  # The same layer on [B, D] (a head) or [B, H, W, D]: ends kept.
+    if x.ndim < 2 or names[0] != BATCH:
+      return x
+    names = (BATCH,) + (None,) * (x.ndim - 2) + (names[-1],)
+  spec = []
+  for dim, name in zip(x.shape, names):
+    axes = rules.get(name)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = 1
+    for axis in axes:
+      size *= mesh.shape[axis]
+    spec.append(axes if axes and size > 1 and dim % size == 0 else None)
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -172,9 +231,12 @@ class MultiHeadAttention(nn.Module):
     self_attention = inputs_kv is None
     inputs_kv = inputs_q if self_attention else inputs_kv
     head_dim, kv_heads = self._check_heads(inputs_q.shape[-1])
-    query = self._projection(self.num_heads, head_dim, "query", "heads")(inputs_q)
-    key = self._projection(kv_heads, head_dim, "key", "kv_heads")(inputs_kv)
-    value = self._projection(kv_heads, head_dim, "value", "kv_heads")(inputs_kv)
+    heads = (BATCH, LENGTH, HEADS, KV)
+    query = constrain(self._projection(self.num_heads, head_dim, "query", "heads")(inputs_q),
+                      heads)
+    key = constrain(self._projection(kv_heads, head_dim, "key", "kv_heads")(inputs_kv), heads)
+    value = constrain(self._projection(kv_heads, head_dim, "value", "kv_heads")(inputs_kv),
+                      heads)
 
     offset = jnp.zeros((), jnp.int32)
     if self.decode and self_attention:
@@ -191,16 +253,18 @@ class MultiHeadAttention(nn.Module):
           mask, (query.shape[0], self.num_heads, query.shape[1], key.shape[1]))
     if self.is_causal and self.decode:
       raise ValueError("is_causal with decode: the KV cache applies causality itself.")
-    attended = jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                            is_causal=self.is_causal,
-                                            implementation=self.implementation)
+    attended = constrain(jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                                      is_causal=self.is_causal,
+                                                      implementation=self.implementation),
+                         heads)
     out_features = self.out_features or inputs_q.shape[-1]
-    return nn.DenseGeneral(
+    out = nn.DenseGeneral(
         out_features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, name="out",
         kernel_init=partitioned(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
         bias_init=partitioned(nn.initializers.zeros, ("embed",)),
     )(attended)
+    return constrain(out, RESIDUAL)
 
   def _update_cache(self, key: Array, value: Array,
                     mask: Array | None) -> tuple[Array, Array, Array, Array | None]:
@@ -240,10 +304,11 @@ class MLP(nn.Module):
     x = dense(self.hidden_dim, name="fc1",
               kernel_init=partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
               bias_init=partitioned(nn.initializers.normal(1e-6), ("mlp",)))(x)
-    x = act(x)
-    return dense(out_features, name="fc2",
-                 kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
-                 bias_init=partitioned(nn.initializers.normal(1e-6), ("embed",)))(x)
+    x = constrain(act(x), (BATCH, LENGTH, MLP_UNITS))
+    x = dense(out_features, name="fc2",
+              kernel_init=partitioned(nn.initializers.xavier_uniform(), ("mlp", "embed")),
+              bias_init=partitioned(nn.initializers.normal(1e-6), ("embed",)))(x)
+    return constrain(x, RESIDUAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +355,7 @@ class TransformerBlock(nn.Module):
     mlp = MLP(c.mlp_dim, activation=c.activation, use_bias=c.use_bias, dtype=c.dtype,
               param_dtype=c.param_dtype, name="mlp")
     dropout = nn.Dropout(c.dropout_rate, deterministic=deterministic)
+    x = constrain(x, RESIDUAL)
     if c.norm == "pre":
       x = x + dropout(attention(norm("attention_norm")(x), mask=mask))
       return x + dropout(mlp(norm("mlp_norm")(x)))

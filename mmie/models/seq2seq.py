@@ -76,14 +76,18 @@ def _embed_tokens(embed: nn.Embed, tokens: Array) -> Array:
   return x * jnp.asarray(embed.features ** 0.5, x.dtype)
 
 
+_LOGITS = (layers.BATCH, layers.LENGTH, layers.VOCAB)
+
+
 def _output_logits(module: nn.Module, embed: nn.Embed, x: Array, tie: bool) -> Array:
   """Vocabulary logits in float32: through the (tied) embedding or a separate projection."""
   if tie:
-    return embed.attend(x).astype(jnp.float32)
-  return nn.Dense(embed.num_embeddings, use_bias=False, dtype=module.dtype,
-                  param_dtype=module.param_dtype, name="logits",
-                  kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                 ("embed", "vocab")))(x).astype(jnp.float32)
+    return layers.constrain(embed.attend(x).astype(jnp.float32), _LOGITS)
+  return layers.constrain(nn.Dense(
+      embed.num_embeddings, use_bias=False, dtype=module.dtype, param_dtype=module.param_dtype,
+      name="logits", kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                                    ("embed", "vocab")))(x).astype(jnp.float32),
+                          _LOGITS)
 
 
 class DecoderBlock(nn.Module):
@@ -256,8 +260,8 @@ class Seq2SeqTransformer(_TransformerCommon):
     x = self.decoder(_embed_tokens(self.token_embed, target_in), encoded, source_valid,
                      not train)
     if self.tie_embeddings:
-      return self.token_embed.attend(x).astype(jnp.float32)
-    return self.logits_dense(x).astype(jnp.float32)
+      return layers.constrain(self.token_embed.attend(x).astype(jnp.float32), _LOGITS)
+    return layers.constrain(self.logits_dense(x).astype(jnp.float32), _LOGITS)
 
   def __call__(self, source: Array, target_in: Array, source_mask: Array | None = None, *,
                train: bool = False) -> Array:

@@ -4,6 +4,7 @@ its loss, optimizer and sharded state."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -15,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from mmie import sharding
 from mmie.config import ConfigError
 from mmie.losses import build_loss, carry_over
-from mmie.models import build_model, unbox
+from mmie.models import build_model, layers, unbox
 from mmie.tasks import Task, get_task
 from mmie.train import param_rules as param_rules_lib
 from mmie.train import stages as stages_lib
@@ -101,7 +102,7 @@ def build_run(config: Any, mesh: Mesh | None = None, *, check_data: bool = True)
     raise ConfigError(f"Config key batch_size={config.batch_size} must be divisible by the"
                       f" data-parallel size {dp} of the mesh {dict(mesh.shape)}.")
   boxed = jax.eval_shape(lambda r: _init_variables(model, config, r), ABSTRACT_KEY)
-  rules = config.get("mesh_rules", None) or sharding.DEFAULT_AXIS_RULES
+  rules = sharding.axis_rules(config)
   param_shardings = sharding.logical_param_shardings(boxed["params"], mesh, rules)
   run = Run(config, task, model, mesh, sharding.batch_sharding(mesh), unbox(boxed["params"]),
             param_shardings, stages, frozenset(task.example_batch(config, 1)))
@@ -290,12 +291,26 @@ def jit_train_step(run: Run, stage_run: StageRun) -> TrainStep:
                             step_offset=stage_run.stage.start,
                             train_config=run.config.get("train", {}),
                             trainable=param_rules_lib.trainable_mask(rules, run.abstract_params))
+  step_fn = with_activation_sharding(step_fn, run)
   in_shardings = (stage_run.state_shardings, run.batch_sharding)
   out_shardings = (stage_run.state_shardings, None)
   donate = (0,)
   jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=out_shardings,
                    donate_argnums=donate)
   return TrainStep(step_fn, in_shardings, out_shardings, donate, run.mesh, jitted)
+
+
+def with_activation_sharding(fn: Callable[..., Any], run: Run) -> Callable[..., Any]:
+  """``fn`` traced with the model's activation constraints on (mmie.models.layers
+  ``constrain``): batch over the data axes, heads / MLP units / vocabulary as their weights."""
+  rules = sharding.activation_rules(sharding.axis_rules(run.config))
+
+  @functools.wraps(fn)
+  def traced(*args: Any, **kwargs: Any) -> Any:
+    with layers.activation_sharding(run.mesh, rules):
+      return fn(*args, **kwargs)
+
+  return traced
 
 
 def to_global(run: Run, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
