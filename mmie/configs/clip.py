@@ -1,21 +1,63 @@
 """CLIP dual encoder trained from scratch on the embedded emoji image-caption set.
 
-Presets (``--config=configs/clip.py:PRESET``):
+Presets (``--config=configs/clip.py:PRESET[,key=value...]``):
   default  the README run: a few minutes on 2 CPU cores, clearly above chance.
   tiny     a seconds-long smoke run used by the tests.
+  b16, l14 pod scale: CLIP ViT-B/16 and ViT-L/14 (Radford et al. 2021) at 224 pixels, text
+           context 77, bfloat16 compute on float32 weights, rematerialised scanned blocks, the
+           contrastive loss over the whole global batch (negatives gathered across the batch
+           axes, in row blocks), and a (data, fsdp, model) mesh. Arguments (defaults in
+           POD_ARGUMENTS): batch, data, fsdp, model, remat, scan, block_size, steps, e.g.
+           ``configs/clip.py:b16,batch=32768,fsdp=16``. Point ``data.name`` at your data
+           (README, "Train on your own image-caption data"); ``python -m mmie.train.aot``
+           checks that a preset fits before launch (docs/scaling.md has the figures).
 """
 
 import math
 
 import ml_collections
 
+from mmie.configs import presets
+
+POD_ARGUMENTS = {"batch": 32768, "data": -1, "fsdp": 8, "model": 1, "remat": True,
+                 "scan": True, "block_size": 2048, "steps": 20000}
+# (image: patch, width, depth, heads, mlp; text: width, depth, heads, mlp; embedding).
+POD_SIZES = {"b16": ((16, 768, 12, 12, 3072), (512, 12, 8, 2048), 512),
+             "l14": ((14, 1024, 24, 16, 4096), (768, 12, 12, 3072), 768)}
+PRESETS = {"default": {}, "tiny": {}, **{name: POD_ARGUMENTS for name in POD_SIZES}}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the CLIP config; ``arg`` names a preset (``tiny`` or ``default``)."""
-  preset = arg or "default"
-  if preset not in ("default", "tiny"):
-    raise ValueError(f"configs/clip.py: unknown preset {preset!r}; choose 'default' or 'tiny'.")
-  tiny = preset == "tiny"
+  """Returns the CLIP config; ``arg`` names a preset and its arguments (module docstring)."""
+  preset, args = presets.parse(arg, "configs/clip.py", PRESETS)
+  if preset in POD_SIZES:
+    return pod_config(base_config(False), POD_SIZES[preset], args)
+  return base_config(preset == "tiny")
+
+
+def pod_config(config: ml_collections.ConfigDict, sizes: tuple, args: dict,
+               loss: str = "clip", context_length: int = 77, vocab_size: int = 49408,
+               image_size: int = 224) -> ml_collections.ConfigDict:
+  """``config`` at pod scale: the tower ``sizes`` and the preset arguments ``args``."""
+  (patch, width, depth, heads, mlp), (t_width, t_depth, t_heads, t_mlp), embed = sizes
+  image, text = config.model.image, config.model.text
+  image.image_size, image.patch_size, image.width, image.depth = image_size, patch, width, depth
+  image.num_heads, image.mlp_dim = heads, mlp
+  text.width, text.depth, text.num_heads, text.mlp_dim = t_width, t_depth, t_heads, t_mlp
+  text.context_length, text.vocab_size = context_length, vocab_size
+  config.model.embed_dim = embed
+  config.model.dtype, config.model.param_dtype = "bfloat16", "float32"
+  config.model.remat, config.model.scan_layers = args["remat"], args["scan"]
+  config.mesh = {"data": args["data"], "fsdp": args["fsdp"], "model": args["model"]}
+  config.batch_size, config.total_steps = args["batch"], args["steps"]
+  config.log_every, config.eval_every, config.checkpoint_every = 100, 2000, 1000
+  config.optimizer.learning_rate, config.optimizer.warmup_steps = 5e-4, 2000
+  config.loss.name = (f"{loss}(axis_name=('data', 'fsdp'), block_size={args['block_size']})")
+  return config
+
+
+def base_config(tiny: bool) -> ml_collections.ConfigDict:
+  """The emoji-scale config: the README run, or with ``tiny`` the tests' smoke run."""
 
   config = ml_collections.ConfigDict()
   config.task = "contrastive"

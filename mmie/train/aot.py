@@ -1,7 +1,7 @@
 """Check a pod config before launch: AOT-compile its train step for a big mesh on fake devices.
 
     python -m mmie.train.aot --config=configs/clip.py --devices=64 --mesh=data=8,fsdp=8 \
-        [--config.batch_size=1024] [--stage=full]
+        [--config.batch_size=1024] [--stage=full] [--json=report.json]
 
 The command fakes ``--devices`` CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``,
 set before JAX is imported), builds the run on a mesh over them, lowers each stage's jitted train
@@ -254,13 +254,14 @@ def _define_flags() -> tuple[Any, ...]:
       flags.DEFINE_integer("devices", None, "Fake CPU devices (default: the mesh's product)."),
       flags.DEFINE_string("mesh", None, "Mesh axes, e.g. data=8,fsdp=8 (default: config.mesh)."),
       flags.DEFINE_string("stage", None, "Compile only this stage (default: every stage)."),
+      flags.DEFINE_string("json", None, "Also write the report to this JSON file."),
   )
 
 
 def main() -> None:
   from absl import app
 
-  config_flag, devices_flag, mesh_flag, stage_flag = _define_flags()
+  config_flag, devices_flag, mesh_flag, stage_flag, json_flag = _define_flags()
 
   def run(argv: list[str]) -> None:
     if len(argv) > 1:
@@ -282,6 +283,10 @@ def main() -> None:
     except ConfigError as e:
       cli.config_error_exit(str(e))
     print(format_report(report), flush=True)
+    if json_flag.value:
+      import json
+      with open(json_flag.value, "w") as f:
+        json.dump(report, f, indent=1)
 
   from mmie import cli  # pylint: disable=g-import-not-at-top
   app.run(run, flags_parser=cli.parse_flags)
