@@ -126,8 +126,10 @@ def test_a_bare_name_is_the_shipped_config_and_a_local_file_wins(tmp_path, monke
   assert cli.resolve_config_path("vit_classify.py", "x") == "vit_classify.py"
   names = cli.shipped_config_names()
   assert "clip" in names and "vit_classify" in names and "vision" not in names
+  helpers = ("__init__.py", "vision.py", "presets.py")  # Shared blocks, preset parsing.
+  assert "presets" not in names
   assert len(names) == len([f for f in os.listdir(os.path.join(ROOT, "configs"))
-                            if f.endswith(".py") and f not in ("__init__.py", "vision.py")])
+                            if f.endswith(".py") and f not in helpers])
 
 
 def test_export_command_imports_beside_the_training_command():
