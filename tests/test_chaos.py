@@ -1,7 +1,8 @@
 """``scripts/chaos.py --runs=1``: one run of each fault at a seeded random moment, resumed,
 and bit-identical to the uninterrupted run (the README's table comes from ``--runs=20``).
 
-Slow: about four minutes on 2 cores (eight tiny three-stage runs through ``main.py``).
+Slow: about eight minutes on 2 cores (some twenty tiny three-stage runs through ``main.py``,
+two of them on two processes).
 """
 
 import os
