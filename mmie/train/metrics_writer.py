@@ -57,12 +57,19 @@ class MetricsWriter:
       return
     record = {"step": int(step), "time": time.time()}  # Unix time: curves against wall time.
     record.update({k: _to_python(v) for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    try:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    except OSError as e:  # A failed write() names no file; a full disk's error should.
+      raise OSError(e.errno, e.strerror, e.filename or self.path) from e
     for k, v in record.items():
       if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
-    self._tb.flush()
+    try:
+      self._tb.flush()
+    except OSError as e:
+      raise OSError(e.errno, e.strerror,
+                    e.filename or os.path.join(os.path.dirname(self.path), "tensorboard")) from e
 
   def close(self) -> None:
     if self._tb is not None:
