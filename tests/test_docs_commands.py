@@ -70,6 +70,7 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/profile_step.py": ["--arch=tiny", "--batch=8", "--steps=1", "--warmup=0",
                                 "--impl=mmie"],
     "scripts/pod_presets.py": ["--presets=clip:tiny", "--devices=8"],
+    "scripts/bench_data_scale.py": ["--shards=3", "--per-shard=20", "--batch=8"],
 }
 # The README's fresh-machine command, whose pip install CI already performs.
 MAIN_JOB = ("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && "

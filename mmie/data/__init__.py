@@ -13,6 +13,7 @@ Modules (imported explicitly; importing this package pulls in neither tfds nor g
   tokenizer    train a byte-level BPE; load tokenizer.json or a HF tokenizer directory
   emoji        TFDS builder of the embedded emoji image-caption set (repository data/emoji/)
   readers      raw user formats: caption folders, webdataset tars, labelled IDX files
+  streaming    webdataset shards streamed from fsspec paths, dealt to hosts, resumable
   validate     per-item checks and the chunk files of a preparation
   prepare      ``python -m mmie.data.prepare``: parallel, resumable, reported preparation
   prepared     the TFDS builder that stores prepared user sources

@@ -32,7 +32,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmie.data import augment, image_views, sources, text_views, tokenizer as tokenizer_lib
+from mmie.data import (augment, image_views, sources, streaming, text_views,
+                       tokenizer as tokenizer_lib)
 from mmie.data.records import Records, check_sharding, index_stream, read_batch
 from mmie.data.schema import data_value
 from mmie.data.spec import VIEW_KINDS as VIEWS, is_parallel_text, resolve_view, tokenizer_for
@@ -67,21 +68,26 @@ class _Working:
     return {"image": image, "captions": list(example["captions"]), "label": example["label"]}
 
 
-def _records_for(data_config: Any, source: sources.Source, split: str, crop: bool,
-                 shard_size: int | None = None) -> Records:
-  """The split as working examples, cached when ``shard_size`` of them fit ``data.cache_mb``.
-
-  ``shard_size=None`` never caches (a single pass, as evaluation makes, gains nothing).
-  """
-  records = source.records(split)
-  working = _Working(source.to_example, int(data_config["image_size"]), crop)
+def _cached(data_config: Any, records: Sequence[Any], working: Any,
+            shard_size: int | None) -> Records:
+  """``records`` as working examples, cached when ``shard_size`` of them fit
+  ``data.cache_mb``; ``shard_size=None`` never caches (a single pass, as evaluation makes,
+  gains nothing)."""
   budget = float(data_value(data_config, "cache_mb")) * 2**20
   cache = False
   if shard_size and budget > 0:
     one = working(records[0])
-    per_example = one["image"].nbytes + sum(len(c) for c in one["captions"]) + 600
+    per_example = sum(len(c) for c in one.get("captions", ())) + 600
+    per_example += one["image"].nbytes if "image" in one else 0
     cache = per_example * shard_size <= budget
   return Records(records, working, cache)
+
+
+def _records_for(data_config: Any, source: sources.Source, split: str, crop: bool,
+                 shard_size: int | None = None) -> Records:
+  """The split as working examples (decoded, reduced images; see ``_Working``)."""
+  working = _Working(source.to_example, int(data_config["image_size"]), crop)
+  return _cached(data_config, source.records(split), working, shard_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +144,10 @@ class _LoadBatch:
 
 
 def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1, view: str | None = None) -> grain.MapDataset:
-  """The infinite batched MapDataset behind ``build_train_iterator`` (for benchmarks)."""
+                        process_count: int = 1, view: str | None = None
+                        ) -> grain.MapDataset | grain.IterDataset:
+  """The infinite batched dataset behind ``build_train_iterator`` (for benchmarks): a
+  MapDataset over random-access sources, an IterDataset over streamed ones."""
   local_batch = check_sharding(batch_size, process_index, process_count)
   view = resolve_view(data_config, view)
   if view == "parallel_text":
@@ -149,21 +157,51 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
   split = data_value(data_config, "train_split")
   terms = sources.sources_for(data_config)
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
-  sizes = [(f"{source.name}:{split}", len(source.records(split)), weight)
-           for source, weight in terms]
-  ds, shard_sizes = index_stream(sizes, seeds[1:], local_batch=local_batch,
-                                 process_index=process_index, process_count=process_count)
+  if _streamed(terms):
+    ds = streaming.example_stream(terms, seeds[1:], process_index=process_index,
+                                  process_count=process_count)
+    ds = ds.batch(local_batch, drop_remainder=True, batch_fn=streaming.as_batch)
+    records = lambda k, working: streaming.Decoded(working)
+  else:
+    sizes = [(f"{source.name}:{split}", len(source.records(split)), weight)
+             for source, weight in terms]
+    ds, shard_sizes = index_stream(sizes, seeds[1:], local_batch=local_batch,
+                                   process_index=process_index, process_count=process_count)
+    records = lambda k, working: _cached(data_config, terms[k][0].records(split), working,
+                                         shard_sizes[k])
   if view == "text":
-    return text_views.build_text_dataset(ds, terms, split, data_config, seeds[0])
+    texts = tuple(records(k, text_views.Captions(source.to_example))
+                  for k, (source, _) in enumerate(terms))
+    return _map(ds, text_views.LoadText.from_config(texts, data_config, seeds[0]))
+  size = int(data_config["image_size"])
   if view in image_views.IMAGE_VIEWS:
     crop = image_views.needs_crop_source(view, data_config)
-    loaded = tuple(_records_for(data_config, source, split, crop, shard_size)
-                   for (source, _), shard_size in zip(terms, shard_sizes))
-    return ds.map_with_index(image_views.loader(view, data_config, loaded, seeds[0]))
+    loaded = tuple(records(k, _Working(source.to_example, size, crop))
+                   for k, (source, _) in enumerate(terms))
+    return _map(ds, image_views.loader(view, data_config, loaded, seeds[0]))
   augmenter = _augment(data_config)
-  loaded = tuple(_records_for(data_config, source, split, augmenter.chain.crop, shard_size)
-                 for (source, _), shard_size in zip(terms, shard_sizes))
-  return ds.map_with_index(_LoadBatch(loaded, augmenter, seeds[0]))
+  loaded = tuple(records(k, _Working(source.to_example, size, augmenter.chain.crop))
+                 for k, (source, _) in enumerate(terms))
+  return _map(ds, _LoadBatch(loaded, augmenter, seeds[0]))
+
+
+def _map(ds: grain.MapDataset | grain.IterDataset, loader: Any) -> Any:
+  """``loader(batch index, batch)`` over the batches: lazily per index for a MapDataset (the
+  iterator's read threads run it), in parallel threads over a stream."""
+  if isinstance(ds, grain.IterDataset):
+    return streaming.ParallelMap(ds, loader, DEFAULT_READ_THREADS)
+  return ds.map_with_index(loader)
+
+
+def _streamed(terms: Sequence[tuple[Any, float]]) -> bool:
+  """Whether the mixture's sources are streamed (all of them) or random-access (all)."""
+  kinds = {isinstance(source, streaming.StreamSource) for source, _ in terms}
+  if len(kinds) > 1:
+    raise ValueError("data.name mixes streamed sources (webdataset_stream) with random-access "
+                     "ones; their weights mean different things (a share of samples against a "
+                     "per-example upsampling), so use one kind: stream them all, or prepare "
+                     "the shards with webdataset(urls=...).")
+  return kinds.pop()
 
 
 def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
@@ -181,9 +219,17 @@ def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
   """
   ds = build_train_dataset(data_config, batch_size=batch_size, seed=seed,
                            process_index=process_index, process_count=process_count, view=view)
+  workers = int(data_value(data_config, "worker_count"))
+  if isinstance(ds, grain.IterDataset):
+    # A streamed source reads its next shard window ahead and decodes in threads; the train
+    # step is dispatched asynchronously, so the next batch is built while the device works.
+    if workers > 0:
+      raise ValueError(f"data.worker_count={workers}: a streamed source (webdataset_stream) "
+                       "decodes in threads and cannot be split over worker processes; set "
+                       "data.worker_count=0.")
+    return iter(ds)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
   iter_ds = ds.to_iter_dataset(read_options=options)
-  workers = int(data_value(data_config, "worker_count"))
   if workers > 0:  # Python-bound augmentation scales with processes, not threads.
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                                per_worker_buffer_size=2))

@@ -29,7 +29,7 @@ import re
 import struct
 import tarfile
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -227,6 +227,50 @@ def _folder_entries(reader: FolderReader, mtime_ns: int):
   return reader._parse()  # pylint: disable=protected-access
 
 
+def read_tar(stream: BinaryIO, shard: str) -> Iterator[RawItem]:
+  """The samples of one webdataset shard, read front to back from ``stream`` (no seeking, so
+  it may be a network stream); a key's files are grouped while they are adjacent, as tar
+  writers (img2dataset, webdataset's ShardWriter) store them."""
+  key, files = None, {}
+  with tarfile.open(fileobj=stream, mode="r|*") as tar:
+    for member in tar:
+      if not member.isfile():
+        continue
+      directory, name = os.path.split(member.name)
+      stem, _, ext = name.partition(".")
+      member_key = f"{directory}/{stem}" if directory else stem
+      if member_key != key:
+        if key is not None:
+          yield _tar_item(shard, key, files)
+        key, files = member_key, {}
+      files[ext.lower()] = tar.extractfile(member).read()
+  if key is not None:
+    yield _tar_item(shard, key, files)
+
+
+def _tar_item(shard: str, key: str, files: dict[str, bytes]) -> RawItem:
+  """One sample; an undecodable caption or metadata file skips it (reported), never the
+  rest of the shard."""
+  image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
+  item = functools.partial(RawItem, key=f"{shard}/{key}", origin=f"{shard}:{key}")
+  try:
+    meta = json.loads(files["json"]) if "json" in files else {}
+    if not isinstance(meta, dict):
+      raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
+    return item(image=None, captions=(), skip=(BAD_CAPTION, f"{key}.json: {e}"))
+  try:
+    captions = [files["txt"].decode("utf-8")] if "txt" in files else []
+  except UnicodeDecodeError as e:
+    return item(image=None, captions=(), skip=(
+        BAD_CAPTION, f"{key}.txt: not UTF-8 (byte {e.object[e.start]:#04x} at {e.start})"))
+  if not captions and meta.get("caption"):
+    captions = [str(meta["caption"])]
+  label = meta.get("label", -1)
+  return item(image=image, captions=tuple(captions),
+              label=int(label) if isinstance(label, int) else -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class WebDatasetReader:
   """img2dataset-style tar shards, each read front to back as a stream (``r|*``)."""
@@ -247,47 +291,8 @@ class WebDatasetReader:
     return self.shards()
 
   def read(self, unit: str) -> Iterator[RawItem]:
-    """Streams one shard; a key's files are grouped while they are adjacent, as tar writers
-    (img2dataset, webdataset's ShardWriter) store them."""
-    shard = os.path.basename(unit)
-    key, files = None, {}
-    with tarfile.open(unit, mode="r|*") as tar:
-      for member in tar:
-        if not member.isfile():
-          continue
-        directory, name = os.path.split(member.name)
-        stem, _, ext = name.partition(".")
-        member_key = f"{directory}/{stem}" if directory else stem
-        if member_key != key:
-          if key is not None:
-            yield self._item(shard, key, files)
-          key, files = member_key, {}
-        files[ext.lower()] = tar.extractfile(member).read()
-    if key is not None:
-      yield self._item(shard, key, files)
-
-  @staticmethod
-  def _item(shard: str, key: str, files: dict[str, bytes]) -> RawItem:
-    """One sample; an undecodable caption or metadata file skips it (reported), never the
-    rest of the shard."""
-    image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
-    item = functools.partial(RawItem, key=f"{shard}/{key}", origin=f"{shard}:{key}")
-    try:
-      meta = json.loads(files["json"]) if "json" in files else {}
-      if not isinstance(meta, dict):
-        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
-      return item(image=None, captions=(), skip=(BAD_CAPTION, f"{key}.json: {e}"))
-    try:
-      captions = [files["txt"].decode("utf-8")] if "txt" in files else []
-    except UnicodeDecodeError as e:
-      return item(image=None, captions=(), skip=(
-          BAD_CAPTION, f"{key}.txt: not UTF-8 (byte {e.object[e.start]:#04x} at {e.start})"))
-    if not captions and meta.get("caption"):
-      captions = [str(meta["caption"])]
-    label = meta.get("label", -1)
-    return item(image=image, captions=tuple(captions),
-                label=int(label) if isinstance(label, int) else -1)
+    with open(unit, "rb") as f:
+      yield from read_tar(f, os.path.basename(unit))
 
   def class_names(self) -> tuple[str, ...]:
     return ()

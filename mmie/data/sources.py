@@ -10,6 +10,7 @@ form, so a new source is one registered factory; it never touches the pipeline.
     emoji
     folder(path='~/pets', captions='captions.csv')
     webdataset(urls='/data/cc3m/{00000..00331}.tar')
+    webdataset_stream(urls='gs://bucket/laion/{00000..41407}.tar')   # streamed, see streaming.py
     fashion_mnist
     tfds(name='coco_captions', image_key='image', text_key='captions/text')
     emoji + folder(path='~/pets') * 3     # pets examples seen 3x as often, per example
@@ -271,7 +272,26 @@ def tfds_source(*, data_dir: str, name: str, image_key: str = "image", text_key:
                         train_split=train_split, eval_split=eval_split, vocab_size=vocab_size)
 
 
-for _name, _factory in (("emoji", emoji), ("prepared", prepared_source), ("tfds", tfds_source)):
+def webdataset_stream(*, data_dir: str, urls: str, validation_urls: str = "",
+                      shuffle_shards: int = 4, max_caption_chars: int = 1000,
+                      vocab_size: int = 1024, tokenizer_shards: int = 4) -> Any:
+  """Webdataset tar shards streamed, never prepared: local paths, ``file://`` or any fsspec
+  URL (``gs://``, ``s3://``); for sets too large to prepare. See mmie/data/streaming.py."""
+  from mmie.data import streaming, validate  # pylint: disable=g-import-not-at-top
+
+  if shuffle_shards < 1 or tokenizer_shards < 1:
+    raise ValueError(f"webdataset_stream: shuffle_shards={shuffle_shards} and tokenizer_shards="
+                     f"{tokenizer_shards} must be >= 1.")
+  source = streaming.StreamSource(
+      "webdataset_stream", urls, validation_urls, shuffle_shards,
+      validate.Limits(max_caption_chars=max_caption_chars, max_size=0), vocab_size,
+      tokenizer_shards, data_dir)
+  source.split_shards  # pylint: disable=pointless-statement  Lists the shards: fails early.
+  return source
+
+
+for _name, _factory in (("emoji", emoji), ("prepared", prepared_source), ("tfds", tfds_source),
+                        ("webdataset_stream", webdataset_stream)):
   SOURCES.register(_name, _factory)
 for _name in PLANS:
   SOURCES.register(_name, _user_factory(PLANS.get(_name)))

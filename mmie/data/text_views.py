@@ -42,6 +42,11 @@ class LoadText:
   context_length: int
   seed: int
 
+  @classmethod
+  def from_config(cls, texts: tuple[Any, ...], data_config: Any, seed: int) -> "LoadText":
+    """Over ``texts``, each source's records read as ``Captions``."""
+    return cls(texts, tokenizer_for(data_config), int(data_config["context_length"]), seed)
+
   def __call__(self, batch_index: int, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
     examples = read_batch(self.records, batch)
     first = batch_index * len(examples)
@@ -66,15 +71,6 @@ class LoadPairs:
     encode = lambda side: np.stack([self.tokenizer.encode_one(r[side], self.context_length)
                                     for r in rows])
     return {"source": encode("source"), "target": encode("target")}
-
-
-def build_text_dataset(stream: grain.MapDataset, terms: Sequence[tuple[sources.Source, float]],
-                       split: str, data_config: Any, seed: int) -> grain.MapDataset:
-  """The ``text`` view over an index stream of image-text sources: caption rows only."""
-  texts = tuple(Records(source.records(split), Captions(source.to_example), cache=True)
-                for source, _ in terms)
-  return stream.map_with_index(LoadText(texts, tokenizer_for(data_config),
-                                        int(data_config["context_length"]), seed))
 
 
 def build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,

@@ -129,6 +129,43 @@ def check_item(item: readers.RawItem, limits: Limits) -> dict[str, Any]:
           "group": item.group or item.key, "split": item.split, "digest": digest}
 
 
+DRAFT_SIDE = 32  # A streamed JPEG is checked by decoding it at its smallest DCT scale.
+
+
+def check_streamed(item: readers.RawItem, limits: Limits
+                   ) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+  """``(record, None)`` for a streamed sample that may train, else ``(None, (reason, why))``.
+
+  The checks of :func:`check_item` that need no second pass over the data: the reader's own
+  verdict, the captions, and a full decode of the image (JPEGs at 1/8 scale, where the whole
+  entropy-coded stream is still read, so truncation and corruption still fail). The image
+  stays as stored; duplicates are not looked for (that needs the whole set first).
+  """
+  try:
+    if item.skip:
+      raise _Skip(*item.skip)
+    captions, _ = _captions(item.captions, limits)
+    if not isinstance(item.image, bytes):
+      raise _Skip(CORRUPT, "missing image file")
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(item.image)) as image:
+          image.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))
+          image.load()
+          if image.width == 0 or image.height == 0:
+            raise _Skip(CORRUPT, "zero-size image")
+    except _Skip:
+      raise
+    except Image.UnidentifiedImageError:
+      raise _Skip(CORRUPT, "not a recognised image format") from None
+    except Exception as e:  # pylint: disable=broad-except  Any decoder failure is corrupt.
+      raise _Skip(CORRUPT, f"{type(e).__name__}: {e}") from None
+  except _Skip as skip:
+    return None, (skip.args[0], skip.args[1])
+  return {"image": item.image, "captions": captions, "label": item.label}, None
+
+
 def process_unit(reader: Any, unit: str, limits: Limits, out_path: str) -> dict[str, int]:
   """Validates every item of ``unit`` and writes ``{records, skipped}`` to ``out_path``.
 

@@ -1,10 +1,11 @@
 """One process of a multi-process run on this machine (used by test_multihost.py).
 
-    python tests/train/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR
+    python tests/train/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR [DATA_NAME]
 
 Each process has 4 fake CPU devices; gloo carries the collectives between processes. The
 processes train configs/clip.py:tiny with the real loop: each reads its own shard of the
 data, the batch is assembled across hosts, and checkpoints are written collectively.
+DATA_NAME replaces the config's ``data.name`` (a streamed source, say).
 """
 
 import os
@@ -30,7 +31,10 @@ def main() -> None:
   from mmie import config as config_lib
   from mmie.train import loop
 
-  loop.train_and_evaluate(config_lib.validate(clip_config.get_config("tiny")), workdir)
+  config = clip_config.get_config("tiny")
+  if len(sys.argv) > 5:
+    config.data.name = sys.argv[5]
+  loop.train_and_evaluate(config_lib.validate(config), workdir)
   print(f"process {process_id} done", flush=True)
 
 

@@ -6,21 +6,24 @@ concatenation of both hosts' shards, which is what the two processes assemble wi
 ``make_array_from_process_local_data``.
 """
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmie.configs import clip as clip_config
 from mmie import config as config_lib
-from mmie.data import pipeline
+from mmie.data import emoji, pipeline
 from mmie.evaluate import build_evaluators
 from mmie.train import setup
 from mmie.train.checkpoint import Checkpointer
@@ -51,12 +54,35 @@ def _reference_params(config):
   return run, stage_run, state, [h.get_state() for h in hosts]
 
 
+def _write_shards(root) -> str:
+  """Five webdataset shards of 8 emoji each (four train, one held out); their URL pattern."""
+  images, rows = emoji.read_source(emoji.DEFAULT_SOURCE_DIR)
+  for shard in range(5):
+    with tarfile.open(root / f"{shard}.tar", "w") as tar:
+      for i in range(shard * 8, shard * 8 + 8):
+        png = io.BytesIO()
+        Image.fromarray(images[i]).save(png, format="PNG")
+        for name, payload in ((f"{i:04d}.png", png.getvalue()),
+                              (f"{i:04d}.txt", rows[i]["caption"].encode())):
+          info = tarfile.TarInfo(name)
+          info.size = len(payload)
+          tar.addfile(info, io.BytesIO(payload))
+  return f"file://{root}/{{0..4}}.tar"
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("streamed", [False, True], ids=["prepared", "streamed"])
+def test_two_processes_match_one(tmp_path, streamed):
+  """Also with a streamed webdataset: each process reads its own shards (mmie/data/streaming.py)
+  and the run equals one process reading both hosts' streams."""
   workdir = str(tmp_path / "run")
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, WORKER, str(i), "2", str(port), workdir],
+  data = []
+  if streamed:
+    (tmp_path / "shards").mkdir()
+    data = [f"webdataset_stream(urls={_write_shards(tmp_path / 'shards')!r}, shuffle_shards=1)"]
+  procs = [subprocess.Popen([sys.executable, WORKER, str(i), "2", str(port), workdir, *data],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = []
@@ -72,12 +98,14 @@ def test_two_processes_match_one(tmp_path):
     assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
     assert f"process {i} done" in out
 
-  _assert_matches_one_process(workdir)
+  _assert_matches_one_process(workdir, *data)
 
 
-def _assert_matches_one_process(workdir: str):
+def _assert_matches_one_process(workdir: str, data_name: str = ""):
   """The two-process run's final checkpoint against the one-process reference."""
-  config = config_lib.validate(clip_config.get_config("tiny"))
+  config = clip_config.get_config("tiny")
+  config.data.name = data_name or config.data.name
+  config = config_lib.validate(config)
   run, stage_run, expected, host_positions = _reference_params(config)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   restored = ckpt.restore_latest(setup.abstract_state(run, stage_run))
