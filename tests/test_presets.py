@@ -4,6 +4,7 @@ import pytest
 
 from mmie import config as config_lib
 from mmie.configs import clip, presets, siglip
+from mmie.models import build_model
 
 PRESETS = {"default": {}, "big": {"batch": 8, "rate": 0.5, "remat": True, "name": "x"}}
 
@@ -48,11 +49,15 @@ def test_pod_presets_are_the_published_architectures_at_pod_settings():
   assert (b16.model.image.image_size, b16.model.text.context_length) == (224, 77)
   assert b16.batch_size == 4096 and dict(b16.mesh) == {"data": -1, "fsdp": 16, "model": 2}
   assert (b16.model.dtype, b16.model.param_dtype, b16.model.remat) == (
-      "bfloat16", "float32", False)
+      "bfloat16", "float32", "none")
   assert b16.loss.name == "clip(axis_name=('data', 'fsdp'), block_size=2048)"
   l14 = config_lib.validate(clip.get_config("l14"))
   assert _sizes(l14) == ((14, 1024, 24, 16, 4096), (768, 12, 12, 3072), 768)
   assert l14.batch_size == clip.POD_ARGUMENTS["batch"] and l14.model.scan_layers
+  assert l14.model.remat == "full"
+  assert config_lib.validate(clip.get_config("l14,remat=dots")).model.remat == "dots"
+  with pytest.raises(config_lib.ConfigError, match="rematerialisation policy: none, full"):
+    build_model(clip.get_config("l14,remat=some").model)
   so400m = config_lib.validate(siglip.get_config("so400m"))
   # Alabdulmohsin et al. (2023): width 1152, depth 27, MLP 4304, 16 heads.
   assert _sizes(so400m) == ((14, 1152, 27, 16, 4304), (1152, 27, 16, 4304), 1152)

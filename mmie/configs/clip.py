@@ -19,7 +19,7 @@ import ml_collections
 
 from mmie.configs import presets
 
-POD_ARGUMENTS = {"batch": 32768, "data": -1, "fsdp": 8, "model": 1, "remat": True,
+POD_ARGUMENTS = {"batch": 32768, "data": -1, "fsdp": 8, "model": 1, "remat": "full",
                  "scan": True, "block_size": 2048, "steps": 20000}
 # (image: patch, width, depth, heads, mlp; text: width, depth, heads, mlp; embedding).
 POD_SIZES = {"b16": ((16, 768, 12, 12, 3072), (512, 12, 8, 2048), 512),
@@ -47,7 +47,9 @@ def pod_config(config: ml_collections.ConfigDict, sizes: tuple, args: dict,
   text.context_length, text.vocab_size = context_length, vocab_size
   config.model.embed_dim = embed
   config.model.dtype, config.model.param_dtype = "bfloat16", "float32"
-  config.model.remat, config.model.scan_layers = args["remat"], args["scan"]
+  # remat: a policy of mmie/models/remat.py; true / false stand for full / none.
+  remat = {"true": "full", "false": "none"}.get(args["remat"].lower(), args["remat"])
+  config.model.remat, config.model.scan_layers = remat, args["scan"]
   config.mesh = {"data": args["data"], "fsdp": args["fsdp"], "model": args["model"]}
   config.batch_size, config.total_steps = args["batch"], args["steps"]
   config.log_every, config.eval_every, config.checkpoint_every = 100, 2000, 1000

@@ -15,6 +15,7 @@ import numpy as np
 
 from mmie import schema as schema_lib
 from mmie.models import layers
+from mmie.models import remat as remat_lib
 from mmie.models import text as text_lib
 from mmie.models import two_towers
 from mmie.models import vit as vit_lib
@@ -36,19 +37,24 @@ def _positive_ints(value: Any) -> bool:
 WIDTHS = Field((list, tuple), (), _positive_ints, "a list of positive widths")
 
 
+# model.remat: a rematerialisation policy of mmie/models/remat.py, or a bool.
+REMAT = Field((bool, str), False, remat_lib.is_policy,
+              f"a bool or a rematerialisation policy: {', '.join(remat_lib.POLICIES)}")
+
+
 # key -> Field(allowed types, default). Keys absent from a config take the default.
 MODEL_KEYS: schema_lib.Schema = {
     "name": Field(_STR, REQUIRED), "embed_dim": Field(_INT, REQUIRED),
     "logit_scale_init": Field(_FLOAT, math.log(1 / 0.07)), "logit_scale_max": Field(_FLOAT, 100.0),
     "logit_bias_init": Field(_OPT_FLOAT, None), "dtype": Field(_STR, "float32"),
-    "param_dtype": Field(_STR, "float32"), "remat": Field(_BOOL, False),
+    "param_dtype": Field(_STR, "float32"), "remat": REMAT,
     "scan_layers": Field(_BOOL, False), "attention": Field(_STR, "xla"), "image": TOWER,
     "text": TOWER,
 }
 _TOWER_COMMON = {  # remat / scan_layers None: the model-level value.
     "name": Field(_STR, REQUIRED), "activation": Field(_STR, "gelu"),
     "layer_norm_eps": Field(_FLOAT, 1e-5), "num_kv_heads": Field(_OPT_INT, None),
-    "dropout_rate": Field(_FLOAT, 0.0), "remat": Field(_OPT_BOOL, None),
+    "dropout_rate": Field(_FLOAT, 0.0), "remat": Field(_OPT_BOOL + _STR, None, REMAT.check, REMAT.allowed),
     "scan_layers": Field(_OPT_BOOL, None),
 }
 VIT_KEYS = {

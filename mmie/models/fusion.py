@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from mmie.models import builder
 from mmie.models import layers
+from mmie.models import remat as remat_lib
 from mmie.models import text as text_lib
 from mmie.models import two_towers
 
@@ -96,9 +97,9 @@ class CrossAttentionLayer(nn.Module):
     return x + self._gate("mlp_gate") * drop(_mlp(c, "mlp")(_norm(c, "mlp_norm")(x)))
 
 
-def _layer_cls(cls: type[nn.Module], remat: bool) -> Any:
+def _layer_cls(cls: type[nn.Module], remat: bool | str) -> Any:
   # argnums count self as 0: (self, x, context, x_valid, context_valid, deterministic).
-  return nn.remat(cls, static_argnums=(5,)) if remat else cls
+  return remat_lib.rematerialised(cls, remat, static_argnums=(5,))
 
 
 class CrossModalFusion(nn.Module):
@@ -106,7 +107,7 @@ class CrossModalFusion(nn.Module):
 
   depth: int
   config: layers.BlockConfig
-  remat: bool = False
+  remat: bool | str = False
 
   @nn.compact
   def __call__(self, image: Array, text: Array, text_valid: Array,
@@ -125,7 +126,7 @@ class GatedCrossAttentionFusion(nn.Module):
 
   depth: int
   config: layers.BlockConfig
-  remat: bool = False
+  remat: bool | str = False
 
   @nn.compact
   def __call__(self, image: Array, text: Array, text_valid: Array,
@@ -164,7 +165,7 @@ class BidirectionalFusion(nn.Module):
 
   depth: int
   config: layers.BlockConfig
-  remat: bool = False
+  remat: bool | str = False
 
   @nn.compact
   def __call__(self, image: Array, text: Array, text_valid: Array,
@@ -189,7 +190,7 @@ class CoAttentionFusion(nn.Module):
 
   depth: int
   config: layers.BlockConfig
-  remat: bool = False
+  remat: bool | str = False
   scan_layers: bool = False
 
   @nn.compact

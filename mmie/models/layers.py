@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmie.models import positions as positions_lib
+from mmie.models import positions as positions_lib, remat as remat_lib
 # Re-exported: callers name activations as layers.BATCH, layers.constrain, ...
 from mmie.models.activation_sharding import (  # noqa: F401
     ACTIVATION_AXES, BATCH, EMBED, HEADS, KV, LENGTH, MLP_UNITS, RESIDUAL, VOCAB,
@@ -328,21 +328,23 @@ class TransformerEncoder(nn.Module):
   """A stack of ``depth`` identical blocks.
 
   Attributes:
-    remat: rematerialise each block's activations in the backward pass (saves memory).
+    remat: which activations each block keeps for the backward pass: a policy of
+      mmie/models/remat.py (``none``, ``full``, ``dots``) or a bool.
     scan_layers: one ``nn.scan`` over stacked layer parameters (leading 'layers' axis, under
       ``layers/``) instead of ``layer_0 .. layer_{depth-1}``: compile time independent of depth.
   """
 
   depth: int
   config: BlockConfig
-  remat: bool = False
+  remat: bool | str = False
   scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
     block_cls = _ScannedBlock if self.scan_layers else TransformerBlock
-    if self.remat:  # argnums count self as 0: (self, x, mask, deterministic).
-      block_cls = nn.remat(block_cls, static_argnums=(3,), prevent_cse=not self.scan_layers)
+    # argnums count self as 0: (self, x, mask, deterministic).
+    block_cls = remat_lib.rematerialised(block_cls, self.remat, static_argnums=(3,),
+                                         prevent_cse=not self.scan_layers)
     if self.scan_layers:
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},

@@ -23,6 +23,7 @@ from mmie.models import builder
 from mmie.models import decoding
 from mmie.models import layers
 from mmie.models import positions as positions_lib
+from mmie.models import remat as remat_lib
 
 Array = jnp.ndarray
 _INT, _FLOAT, _STR = (int,), (int, float), (str,)
@@ -136,7 +137,7 @@ class Decoder(nn.Module):
   config: layers.BlockConfig
   context_length: int
   positions: str = "learned"
-  remat: bool = False
+  remat: bool | str = False
   scan_layers: bool = False
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
@@ -151,8 +152,9 @@ class Decoder(nn.Module):
     self_mask = None if c.decode else layers.causal_mask(x.shape[1])
     cross_mask = layers.key_mask(encoder_valid)
     block_cls = _ScannedDecoderBlock if self.scan_layers else DecoderBlock
-    if self.remat:  # argnums count self as 0: (self, x, encoded, self_mask, cross_mask, det).
-      block_cls = nn.remat(block_cls, static_argnums=(5,), prevent_cse=not self.scan_layers)
+    # argnums count self as 0: (self, x, encoded, self_mask, cross_mask, deterministic).
+    block_cls = remat_lib.rematerialised(block_cls, self.remat, static_argnums=(5,),
+                                         prevent_cse=not self.scan_layers)
     if self.scan_layers:
       scanned = nn.scan(
           block_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
@@ -184,7 +186,7 @@ class _TransformerCommon(nn.Module):
   pad_id: int = 0
   bos_id: int = 1
   eos_id: int = 2
-  remat: bool = False
+  remat: bool | str = False
   scan_layers: bool = False
   decode: bool = False
   dtype: layers.Dtype = jnp.float32
@@ -361,7 +363,7 @@ def schema(name: str) -> dict[str, Any]:
       "norm": Field(_STR, "pre"), "layer_norm_eps": Field(_FLOAT, 1e-5),
       "dropout_rate": Field(_FLOAT, 0.0), "tie_embeddings": Field((bool,), True),
       "pad_id": Field(_INT, 0), "bos_id": Field(_INT, 1), "eos_id": Field(_INT, 2),
-      "remat": Field((bool,), False), "scan_layers": Field((bool,), False),
+      "remat": builder.REMAT, "scan_layers": Field((bool,), False),
       "dtype": Field(_STR, "float32"), "param_dtype": Field(_STR, "float32"),
   }
   if name == "seq2seq":

@@ -97,7 +97,7 @@ MODEL_KEYS: schema_lib.Schema = {
     "projector": builder.WIDTHS, "predictor": builder.WIDTHS,
     "num_classes": builder.Field((int,), 0, lambda n: n >= 0, ">= 0"),
     "dtype": builder.Field((str,), "float32"), "param_dtype": builder.Field((str,), "float32"),
-    "remat": builder.Field((bool,), False), "scan_layers": builder.Field((bool,), False),
+    "remat": builder.REMAT, "scan_layers": builder.Field((bool,), False),
 }
 
 

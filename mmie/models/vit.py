@@ -96,7 +96,7 @@ class VisionTransformer(nn.Module):
   layer_norm_eps: float = 1e-5
   num_kv_heads: int | None = None
   dropout_rate: float = 0.0
-  remat: bool = False
+  remat: bool | str = False
   scan_layers: bool = False
   attention: str = "xla"
   dtype: layers.Dtype = jnp.float32

@@ -1,5 +1,7 @@
 """Mixed precision, rematerialisation and EMA, each switched on by config alone."""
 
+import contextlib
+import io
 import re
 
 import jax
@@ -7,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax import ad_checkpoint
 
 from mmie.configs import clip
 from mmie import config as config_lib
@@ -94,7 +97,7 @@ def remat_pair():
   results = {}
   batch = {k: jnp.asarray(v) for k, v in _batch(REMAT_BATCH).items()}
   params = None
-  for remat in (False, True):
+  for remat in (False, True, "dots"):
     cfg = clip.get_config("tiny")
     cfg.model.remat = remat
     model = build_model(cfg.model)
@@ -112,9 +115,12 @@ def remat_pair():
   return results
 
 
-def test_remat_changes_memory_not_numbers(remat_pair):
+@pytest.mark.parametrize("policy", [True, "dots"])
+def test_remat_changes_memory_not_numbers(remat_pair, policy):
+  """Every policy of mmie/models/remat.py recomputes, and gives the loss and gradients of no
+  remat up to reordered float32 sums."""
   value, grads, jaxpr = remat_pair[False]
-  r_value, r_grads, r_jaxpr = remat_pair[True]
+  r_value, r_grads, r_jaxpr = remat_pair[policy]
   assert "checkpoint" in r_jaxpr or "remat" in r_jaxpr
   assert "checkpoint" not in jaxpr and "remat" not in jaxpr
   # Recomputing the blocks reorders float32 sums. Each gradient entry sums over the batch,
@@ -124,3 +130,28 @@ def test_remat_changes_memory_not_numbers(remat_pair):
                                                             cfg.model.text.mlp_dim)
   assert r_value == pytest.approx(value, rel=float32_sum_atol(1.0, terms))
   assert_trees_close(r_grads, grads, terms)
+
+
+def _saved_residuals(remat) -> list[str]:
+  """What the backward pass of the tiny CLIP keeps from its forward pass under ``remat``."""
+  cfg = clip.get_config("tiny")
+  cfg.model.remat = remat
+  model = build_model(cfg.model)
+  batch = _batch(REMAT_BATCH)
+  variables = model.init(jax.random.PRNGKey(0), batch["image"][:1], batch["text"][:1])
+  outputs = lambda v: jax.tree.leaves(model.apply(v, batch["image"], batch["text"]))
+  total = lambda v: sum(jnp.sum(x) for x in outputs(v) if jnp.issubdtype(x.dtype, jnp.floating))
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    ad_checkpoint.print_saved_residuals(total, variables)
+  return [line for line in out.getvalue().splitlines() if line.strip()]
+
+
+def test_remat_policies_keep_fewer_activations_in_order():
+  """``none`` keeps every activation; ``dots`` the matmul outputs and block inputs; ``full``
+  the block inputs alone: the saved residuals shrink in that order, and only ``dots`` keeps
+  projections (DenseGeneral outputs) from inside the blocks."""
+  saved = {remat: _saved_residuals(remat) for remat in ("none", "dots", "full")}
+  assert len(saved["full"]) < len(saved["dots"]) < len(saved["none"])
+  projections = {k: sum("DenseGeneral" in line for line in v) for k, v in saved.items()}
+  assert projections["full"] == 0 < projections["dots"]
