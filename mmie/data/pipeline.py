@@ -26,6 +26,7 @@ sharding, shuffling, mixing and resume guarantees.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from mmie.data import (augment, image_views, sources, streaming, text_views,
                        tokenizer as tokenizer_lib)
-from mmie.data.records import Records, check_sharding, index_stream, read_batch
+from mmie.data.records import LazyImages, Records, check_sharding, index_stream, read_batch
 from mmie.data.schema import data_value
 from mmie.data.spec import VIEW_KINDS as VIEWS, is_parallel_text, resolve_view, tokenizer_for
 
@@ -236,8 +237,8 @@ def build_train_iterator(data_config: Any, *, batch_size: int, seed: int,
   return iter(iter_ds)
 
 
-def load_eval_split(data_config: Any, split: str | None = None,
-                    view: str | None = None) -> dict[str, Any]:
+def load_eval_split(data_config: Any, split: str | None = None, view: str | None = None, *,
+                    lazy_images: bool = False) -> dict[str, Any]:
   """A whole split of the first source as numpy, unaugmented and in stored order.
 
   Returns ``image`` float32 [N, H, W, 3] (normalised like training), ``text`` int32 [M, L],
@@ -247,6 +248,8 @@ def load_eval_split(data_config: Any, split: str | None = None,
   Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead; the
   ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images; the
   image-only views (``labelled_image``, ``two_views``) ``image``, ``label``, ``class_names``.
+  ``lazy_images``: ``image`` is a ``LazyImages`` column, decoded only where indexed (what
+  evaluation reads, so that each host decodes only the rows its devices hold).
   """
   split = split or data_value(data_config, "eval_split")
   view = resolve_view(data_config, view)
@@ -255,13 +258,18 @@ def load_eval_split(data_config: Any, split: str | None = None,
   source = sources.source_for(data_config)
   if view == "text":
     return text_views.load_text_split(data_config, source, split)
-  records = _records_for(data_config, source, split, crop=False)
-  examples = [e for start in range(0, len(records), 512)
-              for e in records.get_many(range(start, min(start + 512, len(records))))]
+  # Captions and labels of every row, without decoding an image.
+  rows = Records(source.records(split), text_views.Captions(source.to_example), cache=False)
+  examples = [e for start in range(0, len(rows), 512)
+              for e in rows.get_many(range(start, min(start + 512, len(rows))))]
   mean, std = augment.normalisation(data_config)
+  size = int(data_config["image_size"])
+  decoded = Records(source.records(split), _Working(source.to_example, size, False), cache=True)
+  images = LazyImages(decoded, functools.partial(augment.normalize, mean=mean, std=std),
+                      (size, size, 3))
+  image = images if lazy_images else np.asarray(images)
   if view in image_views.IMAGE_VIEWS:  # Images and labels only: no captions to tokenise.
-    return {"image": augment.normalize(np.stack([e["image"] for e in examples]), mean, std),
-            "label": np.asarray([e["label"] for e in examples], np.int32),
+    return {"image": image, "label": np.asarray([e["label"] for e in examples], np.int32),
             "class_names": list(source.class_names)}
   all_captions = not source.templated and any(len(e["captions"]) > 1 for e in examples)
   captions, owners = [], []
@@ -270,7 +278,7 @@ def load_eval_split(data_config: Any, split: str | None = None,
     captions.extend(kept)
     owners.extend([index] * len(kept))
   out = {
-      "image": augment.normalize(np.stack([e["image"] for e in examples]), mean, std),
+      "image": image,
       "text": tokenizer_for(data_config).encode(captions, int(data_config["context_length"])),
       "label": np.asarray([e["label"] for e in examples], np.int32),
       "captions": captions,

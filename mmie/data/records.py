@@ -100,3 +100,53 @@ def index_stream(sizes_and_weights: Sequence[tuple[str, int, float]], seeds: Seq
 
 def tag(source_id: int, record_id: int) -> tuple[int, int]:
   return source_id, record_id
+
+
+class LazyImages:
+  """A split's image column, decoded only where indexed: ``float32 [N, H, W, C]`` on demand.
+
+  Rows are decoded (and memoised, as uint8, by ``records``) the first time they are indexed,
+  then normalised. Evaluation places each batch with ``make_array_from_callback``, which asks
+  for the rows of this host's devices alone, so on a pod every host decodes only its share of
+  the evaluation split, as it reads only its share of the training data. ``window(start,
+  size)`` is a lazy view of ``size`` rows from ``start``, the last row repeated past the end
+  (the padding of a final partial batch). ``np.asarray`` decodes every row.
+  """
+
+  def __init__(self, records: Records, normalise: Callable[[np.ndarray], np.ndarray],
+               row_shape: tuple[int, ...], rows: np.ndarray | None = None):
+    self._records, self._normalise, self._row_shape = records, normalise, tuple(row_shape)
+    self._rows = np.arange(len(records)) if rows is None else rows
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self._rows), *self._row_shape)
+
+  dtype = np.dtype(np.float32)
+  ndim = property(lambda self: 1 + len(self._row_shape))
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def window(self, start: int, size: int) -> "LazyImages":
+    if not len(self._rows):
+      raise ValueError("an empty image column has no window.")
+    positions = np.minimum(np.arange(start, start + size), len(self._rows) - 1)
+    return type(self)(self._records, self._normalise, self._row_shape, self._rows[positions])
+
+  def __getitem__(self, index: Any) -> np.ndarray:
+    first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+    rows = self._rows[first]
+    scalar = np.ndim(rows) == 0
+    wanted = np.atleast_1d(rows).tolist()
+    if wanted:
+      pixels = np.stack([e["image"] for e in self._records.get_many(wanted)])
+    else:
+      pixels = np.zeros((0, *self._row_shape), np.uint8)
+    out = self._normalise(pixels).astype(np.float32, copy=False)
+    out = out[0] if scalar else out
+    return out[(slice(None),) * (0 if scalar else 1) + tuple(rest)] if rest else out
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)

@@ -8,8 +8,10 @@ Given the run's mesh, evaluation runs on the sharded train state as it is, on ev
 every model call goes through :meth:`EvalContext.jit`, which splits each input batch over the
 mesh's batch axes and returns replicated outputs, so no host ever gathers the parameters
 (an FSDP-sized model need not fit one device or one host) and only model outputs
-(embeddings, logits, token ids) leave the devices. Every host reads the whole evaluation
-split and computes the same metrics.
+(embeddings, logits, token ids) leave the devices. Images are decoded where they are placed:
+a split's image column is a ``LazyImages`` and each host decodes only the rows of its own
+devices, as it reads only its share of the training data; the small columns (tokens, labels,
+captions) are read whole, and every host computes the same metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmie import sharding
+from mmie.data.records import LazyImages
 from mmie.models import layers
 
 SplitLoader = Callable[[str], dict[str, Any]]
@@ -34,16 +37,21 @@ def apply_in_batches(fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
   """Applies ``fn`` over ``inputs`` in batches; returns the outputs as float32 rows.
 
   The last batch is padded to ``batch_size`` so only one shape is ever compiled; pass an
-  already-jitted ``fn`` (wrapping it here would recompile it at every call).
+  already-jitted ``fn`` (wrapping it here would recompile it at every call). ``inputs`` may be
+  a ``LazyImages`` column, whose batches reach ``fn`` undecoded: ``fn`` then comes from
+  :meth:`EvalContext.jit`, which decodes only the rows this host's devices hold.
   """
   if batch_size < 1:
     raise ValueError(f"apply_in_batches: batch_size={batch_size} must be >= 1.")
   outputs = []
   for start in range(0, inputs.shape[0], batch_size):
-    chunk = inputs[start:start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)], axis=0)
+    pad = max(0, start + batch_size - inputs.shape[0])
+    if isinstance(inputs, LazyImages):  # Stays lazy: EvalContext.jit decodes local rows only.
+      chunk = inputs.window(start, batch_size)
+    else:
+      chunk = inputs[start:start + batch_size]
+      if pad:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)], axis=0)
     outputs.append(np.asarray(fn(chunk))[:batch_size - pad])
   return np.concatenate(outputs, axis=0).astype(np.float32)
 
@@ -61,7 +69,7 @@ def _pipeline_loaders(config: Any) -> tuple[SplitLoader, PromptEncoder, Decoder]
   from mmie.tasks import TASKS, task_name  # The task says what a split is (its data view).
   task = TASKS.get(task_name(config.get("task"))) if hasattr(config, "get") else None
   view = task.data_view if task is not None else None
-  load = lambda split: pipeline.load_eval_split(config.data, split, view=view)
+  load = lambda split: pipeline.load_eval_split(config.data, split, view=view, lazy_images=True)
   prompts = lambda names, templates: pipeline.encode_prompts(config.data, names, templates)
   tokenizer = functools.cache(lambda: pipeline.tokenizer_for(config.data))  # Once, not per row.
   decode = lambda ids: tokenizer().decode(ids)
@@ -117,7 +125,9 @@ class EvalContext:
     replicated, so every host reads them whole.
     """
     if self.mesh is None:
-      return jax.jit(fn)
+      jitted_alone = jax.jit(fn)
+      return lambda params, *arrays: jitted_alone(params, *(
+          np.asarray(a) if isinstance(a, LazyImages) else a for a in arrays))
     mesh = self.mesh
     rules = sharding.activation_rules(sharding.axis_rules(self.config))
 
@@ -132,7 +142,8 @@ class EvalContext:
     def place(x: Any) -> Any:
       if isinstance(x, jax.Array):
         return x
-      x = np.asarray(x)
+      if not isinstance(x, LazyImages):
+        x = np.asarray(x)
       where = batch if x.ndim and x.shape[0] % ways == 0 else whole
       return jax.make_array_from_callback(x.shape, where, lambda index: x[index])
 
@@ -168,6 +179,6 @@ class EvalContext:
                        limit: int | None = None) -> np.ndarray:
     """Embeddings of a split's ``image`` or ``text`` column (its first ``limit`` rows)."""
     column = self.split(split)["image" if kind == "image" else "text"]
-    if limit is not None:
-      column = column[:limit]
+    if limit is not None and limit < len(column):
+      column = column.window(0, limit) if isinstance(column, LazyImages) else column[:limit]
     return self.embed(params, kind, column, batch_size, cache_key=(split, limit))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmie.data import augment, pipeline
+from mmie.data.records import LazyImages, Records
 
 
 def take(iterator, n: int) -> list[dict]:
@@ -170,3 +171,34 @@ def test_a_view_of_the_wrong_kind_is_refused(make_data_config):
                                   view="parallel_text")
   with pytest.raises(ValueError, match="unknown data view 'pixels'"):
     pipeline.build_train_iterator(make_data_config(), batch_size=8, seed=0, view="pixels")
+
+
+def test_lazy_eval_images_equal_the_decoded_split(make_data_config):
+  config = make_data_config()
+  eager = pipeline.load_eval_split(config)
+  lazy = pipeline.load_eval_split(config, lazy_images=True)
+  assert isinstance(lazy["image"], LazyImages)
+  assert lazy["image"].shape == eager["image"].shape and len(lazy["image"]) == len(eager["label"])
+  np.testing.assert_array_equal(lazy["image"][[3, 0, 5]], eager["image"][[3, 0, 5]])
+  np.testing.assert_array_equal(np.asarray(lazy["image"]), eager["image"])
+  for key in eager.keys() - {"image"}:
+    np.testing.assert_array_equal(np.asarray(lazy[key]), np.asarray(eager[key]))
+
+
+def test_lazy_images_decode_a_row_only_when_indexed():
+  decoded = []
+
+  def working(record: int) -> dict:
+    decoded.append(record)
+    return {"image": np.full((2, 2, 3), record, np.uint8)}
+
+  images = LazyImages(Records(list(range(10)), working, cache=True),
+                      lambda pixels: pixels.astype(np.float32) / 255.0, (2, 2, 3))
+  window = images.window(8, 4)  # The padded last batch: rows 8, 9, 9, 9.
+  assert decoded == [] and window.shape == (4, 2, 2, 3)
+  np.testing.assert_array_equal(np.asarray(window)[:, 0, 0, 0] * 255.0, [8, 9, 9, 9])
+  assert set(decoded) == {8, 9}
+  # The index make_array_from_callback passes: a tuple of slices, one per dimension.
+  part = images[(slice(2, 4), slice(None), slice(0, 1), slice(None))]
+  assert part.shape == (2, 2, 1, 3) and set(decoded) == {2, 3, 8, 9}
+  assert images[7].shape == (2, 2, 3) and set(decoded) == {2, 3, 7, 8, 9}

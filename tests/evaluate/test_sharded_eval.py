@@ -13,7 +13,9 @@ import pytest
 from jax.sharding import NamedSharding
 
 from mmie import config as config_lib
-from mmie.evaluate import build_evaluators
+from mmie.data.records import LazyImages, Records
+from mmie.evaluate import EvalContext, build_evaluators
+from mmie.evaluate.context import apply_in_batches
 from mmie.train import setup
 
 # Discrete metrics (ranks, recalls, accuracies) move only if two scores tie to within the
@@ -61,3 +63,29 @@ def test_sharded_evaluation_equals_host_evaluation(name, mesh):
       assert sharded[key] == value, (key, sharded[key], value)
     else:
       np.testing.assert_allclose(sharded[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+class _Recorded(LazyImages):
+  """A lazy image column that records the rows each placement callback asks for."""
+
+  asked: list[list[int]] = []
+
+  def __getitem__(self, index):
+    first = index[0] if isinstance(index, tuple) else index
+    self.asked.append(self._rows[first].tolist())
+    return super().__getitem__(index)
+
+
+def test_each_device_decodes_only_its_own_rows_of_a_lazy_image_column():
+  """Placement asks a lazy column for each device's block of the batch and nothing more; on a
+  pod the callbacks run for this host's devices only, so a host decodes only its rows."""
+  config, run, state = _run_with_mesh("clip", {"data": 2, "fsdp": 4})
+  column = _Recorded(Records(list(range(16)), lambda r: {"image": np.full((4, 4, 3), r, np.uint8)},
+                             cache=True), lambda x: x.astype(np.float32), (4, 4, 3))
+  ctx = EvalContext(config, run.model, mesh=run.mesh, load_split=lambda name: {},
+                    encode_prompts=lambda *a: None, decode=str)
+  row_sums = ctx.jit(lambda params, x: x.sum(axis=(1, 2, 3)))
+  out = apply_in_batches(lambda x: row_sums(state.params, x)[:, None], column, batch_size=16)
+  np.testing.assert_array_equal(out[:, 0], np.arange(16) * 48.0)
+  blocks = sorted(column.asked)
+  assert blocks == [[2 * d, 2 * d + 1] for d in range(8)], blocks  # 16 rows over 8 devices.
