@@ -58,6 +58,8 @@ TOP_LEVEL: dict[str, Field | Section] = {
                        " 'vit:PATH') for the whole model, or {subtree: source}"),
     "mesh_rules": Field(_SEQ + (type(None),), None,
                         allowed="a list of (logical axis, mesh axis or None)"),
+    # Split the residual stream's length over the tensor-parallel axis (mmie/sharding.py).
+    "sequence_parallel": Field((bool,), False),
 }
 
 _MOVED = {"eval": "config.eval was merged into config.evals: evaluators are"

@@ -106,16 +106,35 @@ _ACTIVATION_FOLLOWS = {"heads": "activation_heads", "kv_heads": "activation_head
                        "mlp": "activation_mlp", "vocab": "activation_vocab"}
 
 
-def activation_rules(param_rules: Sequence[tuple[str, str | None]]) -> tuple[tuple[str, Any], ...]:
+def activation_rules(param_rules: Sequence[tuple[str, str | None]], *,
+                     sequence_parallel: bool = False) -> tuple[tuple[str, Any], ...]:
   """Logical activation axis -> mesh axes, from the parameter rules: the batch over
   ``BATCH_AXES``; heads, MLP units and vocabulary over the axis their weights use, unless
-  that is a batch axis (FSDP splits weights, never a batch's features); the rest whole."""
+  that is a batch axis (FSDP splits weights, never a batch's features); the rest whole.
+
+  ``sequence_parallel`` (Korthikanti et al. 2022) also splits the residual stream's length
+  (``activation_sequence``: norms, dropout, residual adds between attention and MLP) over the
+  heads' tensor-parallel axis, so those activations are not replicated on every model shard;
+  XLA gathers the sequence before attention and the MLP and scatters it after.
+  """
   rules: dict[str, Any] = {"activation_batch": BATCH_AXES}
   for name, axis in param_rules:
     target = _ACTIVATION_FOLLOWS.get(name)
     if target and target not in rules:
       rules[target] = axis if axis not in BATCH_AXES else None
+  if sequence_parallel:
+    if not rules.get("activation_heads"):
+      raise ConfigError("sequence_parallel=True splits the residual stream over the tensor-"
+                        "parallel axis, but no rule maps 'heads' to one (the default maps it "
+                        "to 'model'); set mesh_rules or sequence_parallel=False.")
+    rules["activation_sequence"] = rules["activation_heads"]
   return tuple(rules.items())
+
+
+def run_activation_rules(config: Any) -> tuple[tuple[str, Any], ...]:
+  """The run's activation rules: its parameter rules and ``config.sequence_parallel``."""
+  return activation_rules(axis_rules(config),
+                          sequence_parallel=bool(config.get("sequence_parallel", False)))
 
 
 def _fit(shape: tuple[int, ...], axes: Sequence[str | None], mesh: Mesh) -> P:

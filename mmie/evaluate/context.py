@@ -129,7 +129,7 @@ class EvalContext:
       return lambda params, *arrays: jitted_alone(params, *(
           np.asarray(a) if isinstance(a, LazyImages) else a for a in arrays))
     mesh = self.mesh
-    rules = sharding.activation_rules(sharding.axis_rules(self.config))
+    rules = sharding.run_activation_rules(self.config)
 
     def constrained(*args: Any) -> Any:  # The model's activation shardings, as in training.
       with layers.activation_sharding(mesh, rules):

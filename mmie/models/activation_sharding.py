@@ -12,11 +12,14 @@ import jax
 Array = jax.Array
 
 # Logical names of activation axes (see the module docstring); mmie.sharding maps them.
-BATCH, LENGTH, EMBED, HEADS, KV, MLP_UNITS, VOCAB = (
-    "activation_batch", "activation_length", "activation_embed", "activation_heads",
-    "activation_kv", "activation_mlp", "activation_vocab")
-ACTIVATION_AXES = (BATCH, LENGTH, EMBED, HEADS, KV, MLP_UNITS, VOCAB)
-RESIDUAL = (BATCH, LENGTH, EMBED)
+# SEQUENCE is the length axis of the residual stream between attention and MLP (norms,
+# dropout, residual adds): split over the tensor-parallel axis under sequence parallelism,
+# while LENGTH, inside attention and the MLP, stays whole.
+BATCH, LENGTH, SEQUENCE, EMBED, HEADS, KV, MLP_UNITS, VOCAB = (
+    "activation_batch", "activation_length", "activation_sequence", "activation_embed",
+    "activation_heads", "activation_kv", "activation_mlp", "activation_vocab")
+ACTIVATION_AXES = (BATCH, LENGTH, SEQUENCE, EMBED, HEADS, KV, MLP_UNITS, VOCAB)
+RESIDUAL = (BATCH, SEQUENCE, EMBED)
 
 # (mesh, {logical name: mesh axes}) while activation_sharding is entered; else None. Our own
 # context rather than Flax's logical_axis_rules: with those set, Flax also constrains every

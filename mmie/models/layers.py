@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from mmie.models import positions as positions_lib, remat as remat_lib
 # Re-exported: callers name activations as layers.BATCH, layers.constrain, ...
 from mmie.models.activation_sharding import (  # noqa: F401
-    ACTIVATION_AXES, BATCH, EMBED, HEADS, KV, LENGTH, MLP_UNITS, RESIDUAL, VOCAB,
+    ACTIVATION_AXES, BATCH, EMBED, HEADS, KV, LENGTH, MLP_UNITS, RESIDUAL, SEQUENCE, VOCAB,
     activation_sharding, constrain)
 
 Array = jnp.ndarray

@@ -303,7 +303,7 @@ def jit_train_step(run: Run, stage_run: StageRun) -> TrainStep:
 def with_activation_sharding(fn: Callable[..., Any], run: Run) -> Callable[..., Any]:
   """``fn`` traced with the model's activation constraints on (mmie.models.layers
   ``constrain``): batch over the data axes, heads / MLP units / vocabulary as their weights."""
-  rules = sharding.activation_rules(sharding.axis_rules(run.config))
+  rules = sharding.run_activation_rules(run.config)
 
   @functools.wraps(fn)
   def traced(*args: Any, **kwargs: Any) -> Any:

@@ -27,16 +27,22 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "clip_tensor_parallel
 BATCH = '{"data", "fsdp"}'  # How the sdy dialect writes the batch axes.
 
 
-@pytest.fixture(scope="module")
-def lowered():
+def _tensor_parallel_run(sequence_parallel: bool = False):
   cfg = clip_config.get_config("tiny")
   cfg.model.image.num_heads = cfg.model.text.num_heads = 4
   cfg.mesh = {"data": 2, "model": 4}
+  cfg.sequence_parallel = sequence_parallel
   config = config_lib.validate(cfg)
   run = setup.build_run(config)
   stage_run = run.stage_runs[0]
   step = setup.jit_train_step(run, stage_run)
   batch = setup.to_global(run, setup.example_batch(config, config.batch_size))
+  return run, stage_run, step, batch
+
+
+@pytest.fixture(scope="module")
+def lowered():
+  run, stage_run, step, batch = _tensor_parallel_run()
   with jax.set_mesh(run.mesh):
     lowered = step.jitted.lower(setup.abstract_state(run, stage_run), batch)
   return lowered
@@ -96,3 +102,33 @@ def test_tensor_parallel_rules_hold(lowered):
     assert f"[{BATCH}, {{}}, {{}}]" in by_path[attention]
     mlp = next(p for p in by_path if p.endswith(f"{tower}/encoder/layer_0/mlp"))
     assert f'[{BATCH}, {{}}, {{"model"}}]' in by_path[mlp]  # Hidden units over 'model'.
+
+
+def test_sequence_parallel_splits_the_residual_stream_and_keeps_the_loss():
+  """With ``sequence_parallel`` the text tower's residual stream [B, 16, D] is also split
+  along its length over 'model' (the image tower's 17 tokens do not divide by 4 and stay
+  whole), attention and MLP internals keep their layout, and one step's loss is unchanged."""
+  losses, constraints = {}, {}
+  for sequence_parallel in (False, True):
+    run, stage_run, step, batch = _tensor_parallel_run(sequence_parallel)
+    state = setup.init_state(run, stage_run)
+    with jax.set_mesh(run.mesh):
+      constraints[sequence_parallel] = _activation_constraints(
+          step.jitted.lower(setup.abstract_state(run, stage_run), batch))
+    _, metrics = step(state, batch)
+    losses[sequence_parallel] = float(metrics["loss"])
+  split = f'[{BATCH}, {{"model"}}, {{}}]'
+  on = [c for c in constraints[True] if c.endswith(split)]
+  assert any("text/encoder/layer_0" in c for c in on), constraints[True]
+  assert not any("image/encoder" in c for c in on)
+  assert not any(c.endswith(split) for c in constraints[False])
+  heads = f'[{BATCH}, {{}}, {{"model"}}, {{}}]'  # q, k, v, attended: heads over 'model'.
+  by_heads = {k: {c for c in v if c.endswith(heads)} for k, v in constraints.items()}
+  assert by_heads[True] == by_heads[False] and by_heads[True]
+  # The loss sums the same float32 terms in another order: a batch-mean of ~16 * 32 terms.
+  assert losses[True] == pytest.approx(losses[False], rel=8 * (16 * 32) ** 0.5 * 1.2e-7)
+
+
+def test_sequence_parallel_needs_a_tensor_parallel_axis():
+  with pytest.raises(config_lib.ConfigError, match="no rule maps 'heads'"):
+    sharding.activation_rules((("heads", None),), sequence_parallel=True)
