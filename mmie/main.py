@@ -8,7 +8,8 @@ package trains from any directory.
 
 ``--mode=train`` (default) trains, evaluates and checkpoints, resuming from the workdir's newest
 checkpoint if there is one; ``--mode=evaluate`` evaluates that checkpoint without training, on
-the run's eval split or, with ``--eval_data=SOURCE``, on another source read whole.
+the run's eval split or, with ``--eval_data=SOURCE``, on another source read whole. Without
+``--config`` it evaluates with the config the run saved (``WORKDIR/config.json``).
 """
 
 import os
@@ -38,7 +39,7 @@ _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 100, "Multi-host: a process whose heartbeats stop for this"
     " long is declared dead and the run stops (JAX's default, 100). A process that sees a"
     " collective fail because another died stops at once, without waiting for this.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])  # --config too, except to evaluate a saved run.
 
 
 def main(argv):
@@ -54,6 +55,17 @@ def main(argv):
 
   try:
     config = _CONFIG.value
+    if config is None:
+      if _MODE.value != "evaluate":
+        raise config_lib.ConfigError("--config is required to train (it may be left out "
+                                     "with --mode=evaluate, which then reads "
+                                     "WORKDIR/config.json).")
+      from mmie.train import trained
+      try:
+        config = trained.saved_config(_WORKDIR.value)
+      except FileNotFoundError as e:
+        raise config_lib.ConfigError(f"{e} --mode=evaluate without --config evaluates a "
+                                     "trained run with the config it saved.") from None
     if _EVAL_DATA.value is not None:
       if _MODE.value != "evaluate":
         raise app.UsageError("--eval_data evaluates a trained run: add --mode=evaluate.")

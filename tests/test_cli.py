@@ -97,6 +97,12 @@ def test_config_file_mistakes(tmp_path, config, fragments):
   _assert_one_line_error(result, workdir, *fragments)
 
 
+def test_evaluate_without_config_needs_a_trained_workdir(tmp_path):
+  result, workdir = _main(tmp_path, "--mode=evaluate", config=None)
+  _assert_one_line_error(result, workdir, "config.json does not exist",
+                         "--mode=evaluate without --config")
+
+
 def test_file_without_get_config(tmp_path):
   path = tmp_path / "broken.py"
   path.write_text("CONFIG = {}\n")

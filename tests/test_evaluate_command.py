@@ -1,5 +1,5 @@
-"""``main.py --mode=evaluate --eval_data=SOURCE``: a trained run evaluated on another folder,
-read whole, with the run's own tokenizer, in one line.
+"""``main.py --workdir=RUN --mode=evaluate --eval_data=SOURCE``: a trained run evaluated on
+another folder, read whole, with the run's own config and tokenizer, in one line.
 
 The same evaluation spelled out by hand (the folder with ``validation_fraction=0.0``, its
 ``train`` split, the run's ``tokenizer.json``) is the independent reference. Slow: it trains
@@ -34,9 +34,9 @@ def _folder(path) -> str:
   return str(path)
 
 
-def _main(tmp_path, workdir, *args):
+def _main(tmp_path, workdir, *args, config=(TINY,)):
   env = {**os.environ, "MMIE_DATA_DIR": str(tmp_path / "data")}
-  result = subprocess.run([sys.executable, "main.py", TINY, f"--workdir={workdir}", *args],
+  result = subprocess.run([sys.executable, "main.py", *config, f"--workdir={workdir}", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
@@ -49,12 +49,16 @@ def _lines(path):
 
 @pytest.mark.slow
 def test_eval_data_evaluates_another_folder_whole_with_the_runs_tokenizer(tmp_path):
+  """In one line: no --config either, since the run's own config.json (with the override it
+  was trained with) is what the checkpoint needs."""
   workdir = tmp_path / "run"
-  _main(tmp_path, workdir)
+  override = "--config.model.embed_dim=16"  # Not the preset's: a bare --config would refuse.
+  _main(tmp_path, workdir, override)
   folder = _folder(tmp_path / "held_out")
   before = (workdir / "metrics.jsonl").read_text()
 
-  stdout = _main(tmp_path, workdir, "--mode=evaluate", f"--eval_data=folder(path='{folder}')")
+  stdout = _main(tmp_path, workdir, "--mode=evaluate", f"--eval_data=folder(path='{folder}')",
+                 config=())
   # Every image was evaluated: a random ranking's median rank over N items is (N + 1) / 2.
   assert f"median_rank {(N_IMAGES + 1) / 2:.2f}" in stdout, stdout[-2000:]
   assert (workdir / "metrics.jsonl").read_text() == before, "the run's own curves stay its own"
@@ -63,7 +67,7 @@ def test_eval_data_evaluates_another_folder_whole_with_the_runs_tokenizer(tmp_pa
   assert record["step"] == max(r["step"] for r in _lines(workdir / "metrics.jsonl"))
 
   # The same evaluation spelled out key by key, recorded in metrics.jsonl as any evaluation.
-  _main(tmp_path, workdir, "--mode=evaluate",
+  _main(tmp_path, workdir, "--mode=evaluate", override,
         f"--config.data.name=folder(path='{folder}', validation_fraction=0.0)",
         "--config.data.eval_split=train", f"--config.data.tokenizer={workdir}/tokenizer.json")
   by_hand = _lines(workdir / "metrics.jsonl")[-1]

@@ -23,12 +23,7 @@ def load_trained(workdir: str, config: Any = None,
   from mmie.train.checkpoint import Checkpointer
 
   if config is None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?"
-                              " Pass the config explicitly.")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = saved_config(workdir)
   if not isinstance(config, ml_collections.FrozenConfigDict):
     config = config_lib.validate(config)
   run = setup.build_run(config)
@@ -42,6 +37,18 @@ def load_trained(workdir: str, config: Any = None,
   if restored is None:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first.")
   return config, run.model, restored.state.params, restored.step
+
+
+def saved_config(workdir: str) -> Any:
+  """The config a run saved in ``workdir/config.json`` (overrides included), unlocked."""
+  import ml_collections
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} a training workdir?"
+                            " Pass the config explicitly.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def evaluation_config(config: Any, source: str, workdir: str) -> Any:
