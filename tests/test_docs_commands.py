@@ -72,7 +72,7 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/pod_presets.py": ["--presets=clip:tiny", "--devices=8"],
     "scripts/bench_data_scale.py": ["--shards=3", "--per-shard=20", "--batch=8"],
     "scripts/emoji_generalisation.py": [
-        "--variants=default", "--out=$RUNS/generalisation",
+        "--variants=default", "--out=$RUNS/generalisation", "--plot=$RUNS/generalisation.png",
         "--extra=--config.total_steps=2 --config.batch_size=16 --config.log_every=1"
         " --config.eval_every=2 --config.checkpoint_every=2 --config.optimizer.warmup_steps=1"],
 }
