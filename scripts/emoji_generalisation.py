@@ -50,6 +50,8 @@ VARIANTS: dict[str, list[str]] = {
                "--config.model.logit_bias_init=-10.0"],
     "wd_0.05": ["--config.optimizer.weight_decay=0.05"],
     "steps_1000": ["--config.total_steps=1000"],
+    "minilm_vocab_1000": MINILM_VOCAB + ["--config.total_steps=1000"],
+    "minilm_vocab_crop_1000": MINILM_VOCAB + AUGMENT + ["--config.total_steps=1000"],
     "lit_minilm": ["--config=configs/lit_minilm.py"],
 }
 
