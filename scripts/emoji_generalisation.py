@@ -52,6 +52,11 @@ VARIANTS: dict[str, list[str]] = {
     "steps_1000": ["--config.total_steps=1000"],
     "minilm_vocab_1000": MINILM_VOCAB + ["--config.total_steps=1000"],
     "minilm_vocab_crop_1000": MINILM_VOCAB + AUGMENT + ["--config.total_steps=1000"],
+    "minilm_vocab_crop_wd_1000": MINILM_VOCAB + AUGMENT + ["--config.total_steps=1000",
+                                                           "--config.optimizer.weight_decay=0.5"],
+    "minilm_vocab_strong_crop_1000": MINILM_VOCAB + [
+        "--config.data.augment.random_resized_crop=True",
+        "--config.data.augment.crop_scale=(0.35,1.0)", "--config.total_steps=1000"],
     "lit_minilm": ["--config=configs/lit_minilm.py"],
 }
 
