@@ -110,6 +110,13 @@ def _read_shards(pool: concurrent.futures.Executor, urls: Sequence[str], limits:
   return samples, skipped
 
 
+def _read_once(urls: Sequence[str], limits: validate.Limits
+               ) -> tuple[list[dict[str, Any]], list[Skipped]]:
+  """``_read_shards`` with a pool of its own, for one-off reads (tokenizer, validation)."""
+  with concurrent.futures.ThreadPoolExecutor(min(8, len(urls))) as pool:
+    return _read_shards(pool, urls, limits)
+
+
 def as_example(record: dict[str, Any]) -> dict[str, Any]:
   """A checked sample is already the pipeline's common example (``Source.to_example``)."""
   return record
@@ -175,8 +182,7 @@ class StreamSource:
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = os.path.join(self.data_dir, "mmie_sources", f"{self.name}-{digest}", "tokenizer.json")
     if not os.path.isfile(path):
-      with concurrent.futures.ThreadPoolExecutor(min(8, len(shards))) as pool:
-        samples, _ = _read_shards(pool, shards, self.limits)
+      samples, _ = _read_once(shards, self.limits)
       captions = [c for s in samples for c in s["captions"]]
       if not captions:
         raise ValueError(f"{self.name}: no usable caption in {list(shards)} to train a "
@@ -202,8 +208,7 @@ class StreamSource:
 @functools.lru_cache(maxsize=4)
 def _validation_records(source: StreamSource) -> list[dict[str, Any]]:
   shards = source.split_shards["validation"]
-  with concurrent.futures.ThreadPoolExecutor(min(8, len(shards))) as pool:
-    samples, skipped = _read_shards(pool, shards, source.limits)
+  samples, skipped = _read_once(shards, source.limits)
   for reason, origin, detail in skipped[:LOGGED_PER_REASON]:
     log.warning("Validation sample skipped (%s) %s: %s", reason, origin, detail)
   if not samples:
