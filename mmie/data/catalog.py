@@ -3,7 +3,8 @@
 
 Sources are registered where they are defined (``sources.SOURCES``: emoji, prepared, tfds
 and the preparable ``folder``, ``webdataset``, ``idx``, ``fashion_mnist``, ``mnist``;
-``parallel.PAIR_SOURCES``: ``sword``, ``pairs``); this module assembles them, by explicit
+``parallel.PAIR_SOURCES``: ``sword``, ``pairs``; ``text_records.RECORD_SOURCES``:
+``sword_text``, ``jsonl``); this module assembles them, by explicit
 import, into one catalog that says for each name what kind of records it yields and which
 registry builds it. A mixture must be of one kind; the data views of mmie/data/spec.py say
 which kind each task's batches read.
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from mmie.data import parallel, sources
+from mmie.data import parallel, sources, text_records
 from mmie.registry import Registry, parse_call
 from mmie.schema import suggestion
 
-KINDS = ("image_text", "parallel_text")
+KINDS = ("image_text", "parallel_text", "text_records")
 
 
 class Entry(NamedTuple):
@@ -29,7 +30,8 @@ class Entry(NamedTuple):
 
 def _catalog() -> dict[str, Entry]:
   catalog: dict[str, Entry] = {}
-  for kind, registry in (("image_text", sources.SOURCES), ("parallel_text", parallel.PAIR_SOURCES)):
+  for kind, registry in (("image_text", sources.SOURCES), ("parallel_text", parallel.PAIR_SOURCES),
+                         ("text_records", text_records.RECORD_SOURCES)):
     for name in registry:
       if name in catalog:
         raise ValueError(f"data source {name!r} is registered as two kinds.")
@@ -52,7 +54,8 @@ def kind_of(spec: str) -> str:
   """The kind of records a ``data.name`` call-string or mixture yields (one kind per mixture)."""
   kinds = {lookup(parse_call(term).name).kind for term, _ in sources.parse_mixture(spec)}
   if len(kinds) > 1:
-    raise ValueError(f"config.data.name {spec!r} mixes parallel-text sources "
-                     f"({', '.join(n for n, e in sorted(CATALOG.items()) if e.kind == 'parallel_text')})"
-                     " with image-text ones; use one kind.")
+    named = "; ".join(f"{kind}: " + ", ".join(n for n, e in sorted(CATALOG.items())
+                                              if e.kind == kind) for kind in sorted(kinds))
+    raise ValueError(f"config.data.name {spec!r} mixes kinds of sources ({named}); use one "
+                     "kind.")
   return kinds.pop()

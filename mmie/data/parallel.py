@@ -50,10 +50,11 @@ Pair = tuple[str, str, str]  # (group, source text, target text)
 
 @dataclasses.dataclass(frozen=True)
 class PairPlan:
-  """A pair source before preparation: how to read its pairs, and the preparation options."""
+  """A text source before preparation: how to read its items (sentence pairs here; rows for
+  text records, mmie/data/text_records.py), and the preparation options."""
 
   name: str
-  read: Callable[[], Iterable[Pair]]
+  read: Callable[[], Iterable[Any]]
   identity: tuple[Any, ...]  # What the prepared directory's hash is taken over.
   validation_fraction: float
   max_chars: int
@@ -77,10 +78,10 @@ class ParallelSource:
     if split not in SPLITS:
       raise ValueError(f"Parallel source {self.name!r} has no split {split!r}; it has "
                        f"{list(SPLITS)}.")
-    return _Records(os.path.join(self.path, f"{split}.array_record"))
+    return JsonRecords(os.path.join(self.path, f"{split}.array_record"))
 
 
-class _Records(Sequence):
+class JsonRecords(Sequence):
   """JSON records of an array_record file (grain's random-access reader underneath)."""
 
   def __init__(self, path: str):
@@ -100,9 +101,14 @@ class _Records(Sequence):
     return [json.loads(r) for r in self._source.__getitems__(list(indices))]
 
 
-def _check_options(name: str, validation_fraction: float, max_chars: int, vocab_size: int) -> None:
-  if not 0.0 < validation_fraction < 1.0:
-    raise ValueError(f"{name}: validation_fraction={validation_fraction} must be in (0, 1).")
+def check_options(name: str, validation_fraction: float, max_chars: int, vocab_size: int, *,
+                  allow_no_validation: bool = False) -> None:
+  """The preparation options of a text source, each checked with what is wrong."""
+  low = 0.0 <= validation_fraction if allow_no_validation else 0.0 < validation_fraction
+  if not (low and validation_fraction < 1.0):
+    interval = "[0, 1)" if allow_no_validation else "(0, 1)"
+    raise ValueError(f"{name}: validation_fraction={validation_fraction} must be in "
+                     f"{interval}.")
   if max_chars < 1:
     raise ValueError(f"{name}: max_chars={max_chars} must be >= 1.")
   tokenizer_lib.check_vocab_size(vocab_size)
@@ -115,7 +121,7 @@ def sword(source: str = "en", target: str = "es", validation_fraction: float = 0
   The default pair is Debian's King James Version and Reina-Valera 1909 (public domain);
   whole chapters go to validation, so no verse's neighbours are trained on.
   """
-  _check_options("sword", validation_fraction, max_chars, vocab_size)
+  check_options("sword", validation_fraction, max_chars, vocab_size)
   paths = [os.path.abspath(os.path.expanduser(SWORD_MODULES.get(side, side)))
            for side in (source, target)]
   for side, path in zip((source, target), paths):
@@ -157,14 +163,21 @@ def _read_pair_file(path: str) -> Iterable[Pair]:
 def pairs(path: str, validation_fraction: float = 0.02, max_chars: int = 600,
           vocab_size: int = 8000) -> PairPlan:
   """Your own sentence pairs: a ``.tsv`` or ``.jsonl`` file (see ``_read_pair_file``)."""
-  _check_options("pairs", validation_fraction, max_chars, vocab_size)
+  check_options("pairs", validation_fraction, max_chars, vocab_size)
+  return file_plan("pairs", path, _read_pair_file, "a .tsv (source<TAB>target[<TAB>group]) or"
+                   " .jsonl file of sentence pairs", validation_fraction, max_chars, vocab_size)
+
+
+def file_plan(name: str, path: str, read: Callable[[str], Iterable[Any]], expected: str,
+              validation_fraction: float, max_chars: int, vocab_size: int) -> PairPlan:
+  """The plan of a source that is one user file, identified by its path, size and mtime (an
+  edited file is prepared again); a missing file says what was ``expected``."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"pairs: {path} not found; expected a .tsv (source<TAB>target"
-                            "[<TAB>group]) or .jsonl file of sentence pairs.")
+    raise FileNotFoundError(f"{name}: {path} not found; expected {expected}.")
   stat = os.stat(path)
-  return PairPlan("pairs", functools.partial(_read_pair_file, path),
-                  ("pairs", path, stat.st_size, stat.st_mtime_ns), validation_fraction,
+  return PairPlan(name, functools.partial(read, path),
+                  (name, path, stat.st_size, stat.st_mtime_ns), validation_fraction,
                   max_chars, vocab_size)
 
 
@@ -177,7 +190,8 @@ def _clean(text: str) -> str:
   return " ".join(text.split())
 
 
-def _write(path: str, rows: Sequence[dict[str, str]]) -> None:
+def write_json_records(path: str, rows: Sequence[dict[str, Any]]) -> None:
+  """``rows`` as one array_record file of JSON records (read back by ``JsonRecords``)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
@@ -219,15 +233,28 @@ def prepare(plan: PairPlan, out_dir: str) -> dict[str, Any]:
                      f"{dict((k, v) for k, v in counts.items() if not k.startswith('kept'))});"
                      " both splits need at least one. More data or another "
                      "validation_fraction?")
+  texts = [r[side] for r in splits["train"] for side in ("source", "target")]
+  return write_prepared(out_dir, plan.name, splits, texts, plan.vocab_size, counts, skipped)
+
+
+def write_prepared(out_dir: str, name: str, splits: dict[str, list[dict[str, Any]]],
+                   texts: Sequence[str], vocab_size: int, counts: Any,
+                   skipped: dict[str, list[str]]) -> dict[str, Any]:
+  """Writes a prepared text source into ``out_dir`` atomically and returns its report.
+
+  A case-preserving byte-level BPE of ``vocab_size`` is trained on ``texts`` (the training
+  split's), each split becomes ``<split>.array_record`` and ``report.json`` holds the
+  counts. The directory is written aside and renamed, so an interrupted preparation is
+  redone, never half-read.
+  """
   work = f"{out_dir.rstrip(os.sep)}.tmp-{os.getpid()}"
   shutil.rmtree(work, ignore_errors=True)
   os.makedirs(work)
-  texts = [r[side] for r in splits["train"] for side in ("source", "target")]
-  tokenizer = tokenizer_lib.train_bpe(texts, plan.vocab_size, lowercase=False)
+  tokenizer = tokenizer_lib.train_bpe(texts, vocab_size, lowercase=False)
   tokenizer.save(os.path.join(work, TOKENIZER_FILE))
   for split, rows in splits.items():
-    _write(os.path.join(work, f"{split}.array_record"), rows)
-  report = {"source": plan.name, "counts": dict(counts), "skipped": dict(skipped),
+    write_json_records(os.path.join(work, f"{split}.array_record"), rows)
+  report = {"source": name, "counts": dict(counts), "skipped": dict(skipped),
             "vocab_size": tokenizer.vocab_size}
   with open(os.path.join(work, REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=1, ensure_ascii=False)
@@ -240,11 +267,16 @@ def prepare(plan: PairPlan, out_dir: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=8)
-def _build(term: str, data_dir: str) -> ParallelSource:
-  plan = PAIR_SOURCES.build(term)
+def prepared_dir(plan: PairPlan, data_dir: str) -> str:
+  """Where ``plan`` is prepared: one directory per source identity and options."""
   digest = hashlib.sha256(repr((plan.identity, plan.validation_fraction, plan.max_chars,
                                 plan.vocab_size)).encode()).hexdigest()[:12]
-  out_dir = os.path.join(data_dir, "mmie_sources", f"{plan.name}-{digest}")
+  return os.path.join(data_dir, "mmie_sources", f"{plan.name}-{digest}")
+
+
+def _build(term: str, data_dir: str) -> ParallelSource:
+  plan = PAIR_SOURCES.build(term)
+  out_dir = prepared_dir(plan, data_dir)
   report = prepare(plan, out_dir)
   counts = report["counts"]
   print(f"Parallel text {term}: {counts['kept_train']} training and "

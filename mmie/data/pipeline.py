@@ -33,11 +33,12 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmie.data import (augment, image_views, sources, streaming, text_views,
+from mmie.data import (augment, image_views, record_views, sources, streaming, text_views,
                        tokenizer as tokenizer_lib)
 from mmie.data.records import LazyImages, Records, check_sharding, index_stream, read_batch
 from mmie.data.schema import data_value
-from mmie.data.spec import VIEW_KINDS as VIEWS, is_parallel_text, resolve_view, tokenizer_for
+from mmie.data.spec import (VIEW_KINDS as VIEWS, data_kind, is_parallel_text, resolve_view,
+                            tokenizer_for)
 
 # Decoding PNG/JPEG in pillow releases the GIL, so a few reader threads keep up with a step.
 
@@ -151,6 +152,9 @@ def build_train_dataset(data_config: Any, *, batch_size: int, seed: int, process
   MapDataset over random-access sources, an IterDataset over streamed ones."""
   local_batch = check_sharding(batch_size, process_index, process_count)
   view = resolve_view(data_config, view)
+  if data_kind(data_config) == "text_records":
+    return record_views.build_dataset(data_config, view, local_batch=local_batch, seed=seed,
+                                      process_index=process_index, process_count=process_count)
   if view == "parallel_text":
     return text_views.build_parallel_dataset(data_config, local_batch=local_batch, seed=seed,
                                              process_index=process_index,
@@ -247,12 +251,14 @@ def load_eval_split(data_config: Any, split: str | None = None, view: str | None
   then all are kept and ``text_image_ids`` int32 [M] names each caption's image.
   Parallel text returns ``source`` / ``target`` / ``sources`` / ``references`` instead; the
   ``text`` view returns ``text``, ``label``, ``captions`` and ``class_names``, no images; the
-  image-only views (``labelled_image``, ``two_views``) ``image``, ``label``, ``class_names``.
-  ``lazy_images``: ``image`` is a ``LazyImages`` column, decoded only where indexed (what
+  image-only views (``labelled_image``, ``two_views``) ``image``, ``label``, ``class_names``;
+  text records (mmie/data/record_views.py) their view's arrays and strings. ``lazy_images``: ``image`` is a ``LazyImages`` column, decoded only where indexed (what
   evaluation reads, so that each host decodes only the rows its devices hold).
   """
   split = split or data_value(data_config, "eval_split")
   view = resolve_view(data_config, view)
+  if data_kind(data_config) == "text_records":
+    return record_views.load_split(data_config, split, view)
   if view == "parallel_text":
     return text_views.load_parallel_split(data_config, split)
   source = sources.source_for(data_config)

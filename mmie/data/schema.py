@@ -49,6 +49,8 @@ DATA = {
     "data_dir": Field((str,), "", allowed="a directory ('' = $MMIE_DATA_DIR or ~/.cache)"),
     "image_size": Field(_OPT_INT, None, positive, "a positive number of pixels"),
     "context_length": Field(_OPT_INT, None, lambda x: x >= 2, ">= 2 tokens"),
+    "prompt_length": Field(_OPT_INT, None, lambda x: x >= 2,
+                           ">= 2 tokens (BOS and the prompt): the 'prompts' view's width"),
     "tokenizer": Field((str,), "", allowed="'' (the source's own), a tokenizer.json, an HF"
                        " tokenizer directory, or an alias such as 'minilm'"),
     "cache_mb": Field(_NUM, 1024, non_negative, ">= 0 MiB"),

@@ -13,25 +13,29 @@ import inspect
 import os
 from typing import Any
 
-from mmie.data import catalog, parallel, sources, tokenizer as tokenizer_lib
+from mmie.data import catalog, parallel, sources, text_records, tokenizer as tokenizer_lib
 from mmie.data.schema import data_value
 from mmie.registry import parse_call
 from mmie.schema import ConfigError
 
 _ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError)
 
-# The data views a task may ask for (``Task.data_view``) -> the kind of source each reads.
+# The data views a task may ask for (``Task.data_view``) -> the kinds of source each reads.
 VIEW_KINDS = {
-    "image_text": "image_text",        # {"image", "text"}: one random caption per image.
-    "text": "image_text",              # {"text"}: the captions alone, images dropped.
-    "parallel_text": "parallel_text",  # {"source", "target"}: sentence pairs.
-    "labelled_image": "image_text",    # {"image", "label"}: images and class ids.
-    "two_views": "image_text",         # {"view_a", "view_b", "label"}: two augmentations.
+    "image_text": ("image_text",),         # {"image", "text"}: one random caption per image.
+    "text": ("image_text", "text_records"),  # {"text"}: captions (images dropped) or texts.
+    "parallel_text": ("parallel_text",),   # {"source", "target"}: sentence pairs.
+    "labelled_image": ("image_text",),     # {"image", "label"}: images and class ids.
+    "two_views": ("image_text",),          # {"view_a", "view_b", "label"}: two augmentations.
+    # Rows of text records (mmie/data/record_views.py):
+    "labelled_text": ("text_records",),    # {"text", "label"}: the safety classifier's.
+    "preference": ("text_records",),       # {"chosen", "rejected", masks}: reward model, DPO.
+    "prompts": ("text_records",),          # {"prompt", "prompt_length"}: PPO's rollouts.
 }
 
 
 def check_spec(data_config: Any) -> str:
-  """Checks ``data_config.name``; returns its kind, ``'image_text'`` or ``'parallel_text'``."""
+  """Checks ``data_config.name``; returns its kind (``catalog.KINDS``)."""
   spec = data_value(data_config, "name")
   try:
     kind = catalog.kind_of(spec)  # Every name looked up in the one catalog of sources.
@@ -47,8 +51,9 @@ def check_spec(data_config: Any) -> str:
 
 def _bind_term(term: str, kind: str) -> tuple[Any, str, Any, dict[str, Any]]:
   """``(registry, name, factory, arguments)`` of one source term, nothing built."""
-  registry = parallel.PAIR_SOURCES if kind == "parallel_text" else (
-      sources.PLANS if parse_call(term).name in sources.PLANS else sources.SOURCES)
+  registry = {"parallel_text": parallel.PAIR_SOURCES,
+              "text_records": text_records.RECORD_SOURCES}.get(kind) or (
+                  sources.PLANS if parse_call(term).name in sources.PLANS else sources.SOURCES)
   extra = {"data_dir": ""} if registry is sources.SOURCES else {}
   return (registry, *registry.bind(term, **extra))
 
@@ -85,20 +90,30 @@ def whole_source(source: str) -> tuple[str, str]:
   return f"{name}({args})", "train"
 
 
+def data_kind(data_config: Any) -> str:
+  """The kind of records ``data.name`` yields (``catalog.KINDS``)."""
+  return catalog.kind_of(data_value(data_config, "name"))
+
+
 def is_parallel_text(data_config: Any) -> bool:
   """Whether ``data.name`` names translation pairs (mmie/data/parallel.py), not image-text."""
-  return catalog.kind_of(data_value(data_config, "name")) == "parallel_text"
+  return data_kind(data_config) == "parallel_text"
 
 
 def resolve_view(data_config: Any, view: str | None) -> str:
   """``view`` checked against the data's kind; None: the data's own (image-text or pairs)."""
-  kind = "parallel_text" if is_parallel_text(data_config) else "image_text"
+  kind = data_kind(data_config)
   if view is None:
+    if kind == "text_records":
+      raise ValueError(f"data.name={data_value(data_config, 'name')!r} is text records, whose "
+                       "batches depend on the task: name a view ("
+                       + ", ".join(v for v, k in VIEW_KINDS.items() if kind in k) + ").")
     return kind
   if view not in VIEW_KINDS:
     raise ValueError(f"unknown data view {view!r}; views are {sorted(VIEW_KINDS)}.")
-  if VIEW_KINDS[view] != kind:
-    raise ValueError(f"data view {view!r} reads {VIEW_KINDS[view].replace('_', '-')} sources, but "
+  if kind not in VIEW_KINDS[view]:
+    wanted = " or ".join(k.replace("_", "-") for k in VIEW_KINDS[view])
+    raise ValueError(f"data view {view!r} reads {wanted} sources, but "
                      f"data.name={data_value(data_config, 'name')!r} is "
                      f"{kind.replace('_', '-')} data.")
   return view
@@ -109,8 +124,10 @@ def tokenizer_path_for(data_config: Any) -> str:
   first source's own tokenizer."""
   path = data_value(data_config, "tokenizer")
   if not path:
-    if is_parallel_text(data_config):
-      path = parallel.sources_for(data_config)[0][0].tokenizer_path
+    kind = data_kind(data_config)
+    if kind in ("parallel_text", "text_records"):
+      module = parallel if kind == "parallel_text" else text_records
+      path = module.sources_for(data_config)[0][0].tokenizer_path
     else:
       path = sources.source_for(data_config).tokenizer_path
   return tokenizer_lib.resolve_alias(path)

@@ -73,15 +73,25 @@ class LoadPairs:
     return {"source": encode("source"), "target": encode("target")}
 
 
-def build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
-                            process_index: int, process_count: int) -> grain.MapDataset:
-  split = data_value(data_config, "train_split")
-  terms = parallel.sources_for(data_config)
+def record_stream(terms: Sequence[tuple[Any, float]], split: str, *, local_batch: int,
+                  seed: int, process_index: int, process_count: int
+                  ) -> tuple[grain.MapDataset, tuple[Sequence[Any], ...]]:
+  """The batches of (source, record index) over a mixture of prepared text sources (pairs or
+  records: anything with ``name`` and ``records(split)``), and each source's records."""
   seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(len(terms) + 1)]
   records = tuple(source.records(split) for source, _ in terms)
   ds, _ = index_stream([(f"{s.name}:{split}", len(r), w) for (s, w), r in zip(terms, records)],
                         seeds[1:], local_batch=local_batch, process_index=process_index,
                         process_count=process_count)
+  return ds, records
+
+
+def build_parallel_dataset(data_config: Any, *, local_batch: int, seed: int,
+                            process_index: int, process_count: int) -> grain.MapDataset:
+  ds, records = record_stream(parallel.sources_for(data_config),
+                              data_value(data_config, "train_split"), local_batch=local_batch,
+                              seed=seed, process_index=process_index,
+                              process_count=process_count)
   return ds.map(LoadPairs(records, tokenizer_for(data_config),
                            int(data_config["context_length"])))
 

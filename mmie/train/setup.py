@@ -115,10 +115,10 @@ def _check_data(config: Any, task: Task) -> None:
   from mmie.data import spec as data_spec  # Deferred: the data layer is only parsed here.
   kind = data_spec.check_spec(config.data)
   wanted = data_spec.VIEW_KINDS[task.data_view]
-  if kind != wanted:
+  if kind not in wanted:
     raise ConfigError(f"Config key data.name={config.data.name!r} is {kind.replace('_', '-')}"
                       f" data, but task={task.name!r} trains on"
-                      f" {wanted.replace('_', '-')} data.")
+                      f" {' or '.join(k.replace('_', '-') for k in wanted)} data.")
 
 
 def _check_evaluators(config: Any, model: Any) -> None:

@@ -163,7 +163,7 @@ def test_jsonl_pairs_and_clear_errors(tmp_path):
     parallel.pairs(str(tmp_path / "missing.tsv"))
   with pytest.raises(ValueError, match="validation_fraction"):
     parallel.pairs(str(path), validation_fraction=1.0)
-  with pytest.raises(ValueError, match="mixes parallel-text sources"):
+  with pytest.raises(ValueError, match="mixes kinds of sources"):
     catalog.kind_of(f"emoji + pairs(path='{path}')")
 
 

@@ -154,10 +154,14 @@ def test_mixture_resumes_exactly(make_data_config, caption_folder):
 
 
 def test_one_catalog_of_sources_of_both_kinds():
-  """``data.name`` resolves through one catalog: image-text and parallel-text sources alike."""
-  from mmie.data import catalog, parallel, sources  # pylint: disable=g-import-not-at-top
-  assert set(catalog.CATALOG) == set(sources.SOURCES) | set(parallel.PAIR_SOURCES)
+  """``data.name`` resolves through one catalog: image-text, parallel-text and text-record
+  sources alike."""
+  # pylint: disable=g-import-not-at-top
+  from mmie.data import catalog, parallel, sources, text_records
+  assert set(catalog.CATALOG) == (set(sources.SOURCES) | set(parallel.PAIR_SOURCES)
+                                  | set(text_records.RECORD_SOURCES))
   assert catalog.kind_of("emoji + folder(path='x') * 3") == "image_text"
   assert catalog.kind_of("sword") == "parallel_text"
+  assert catalog.kind_of("sword_text + jsonl(path='x')") == "text_records"
   with pytest.raises(KeyError, match="unknown data source 'swrod'. Did you mean 'sword'"):
     catalog.kind_of("swrod")
