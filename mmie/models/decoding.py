@@ -168,6 +168,47 @@ def sample(step_fn: StepFn, state: Any, prefix: Array, rng: Array, *, max_length
                                                      no_repeat_ngram_size=no_repeat_ngram_size))
 
 
+def sample_after_prompts(step_fn: StepFn, state: Any, prompt: Array, prompt_length: Array,
+                         rng: Array, *, max_length: int, eos_id: int, pad_id: int = 0,
+                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                         logit_bias: Array | None = None,
+                         new_tokens: int | None = None, min_new_tokens: int = 0) -> Array:
+  """Samples continuations of prompts of different lengths in one batch -> [B, max_length].
+
+  Row b's first ``prompt_length[b]`` tokens of ``prompt`` [B, P] (BOS first) are forced and
+  the rest sampled as ``sample`` does, so one compiled loop serves every prompt length; the
+  decoder ``state`` must have consumed nothing (build it from ``prompt[:, :1]``).
+  ``logit_bias`` [V] or [B, V] is added to the logits before sampling (a large negative value
+  bans a token: the constitutional revision's masked words). ``new_tokens``: each row samples
+  at most that many tokens after its own prompt, PAD after them (so every row's response has
+  the same budget whatever its prompt's length); ``min_new_tokens``: EOS is banned until a
+  row has sampled that many (Hugging Face's ``min_new_tokens``; PPO's guard against a reward
+  model that prefers short answers).
+  """
+  if temperature <= 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+    raise ValueError(f"sample_after_prompts: temperature={temperature} must be > 0, top_p="
+                     f"{top_p} in (0, 1] and top_k={top_k} >= 0.")
+  prompt_length = jnp.asarray(prompt_length, jnp.int32)
+  padded = jnp.pad(prompt, ((0, 0), (0, max(max_length - prompt.shape[1], 0))),
+                   constant_values=pad_id)
+
+  def choose(logits: Array, i: Array) -> Array:
+    if logit_bias is not None:
+      logits = logits + logit_bias
+    if min_new_tokens > 0:
+      too_early = (i < prompt_length + min_new_tokens)[:, None]
+      logits = jnp.where(too_early & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf,
+                         logits)
+    logits = top_p_logits(top_k_logits(logits / temperature, top_k), top_p)
+    sampled = jax.random.categorical(jax.random.fold_in(rng, i), logits, axis=-1)
+    if new_tokens is not None:
+      sampled = jnp.where(i < prompt_length + new_tokens, sampled, pad_id)
+    return jnp.where(i < prompt_length, padded[:, i], sampled)
+
+  return _autoregress(step_fn, state, prompt[:, :1], choose, max_length=max_length,
+                      eos_id=eos_id, pad_id=pad_id, processors={})
+
+
 def length_penalty(length: Array, alpha: float) -> Array:
   """GNMT length normalisation ((5 + length) / 6) ** alpha (alpha = 0: plain log-probability)."""
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha

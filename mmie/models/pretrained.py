@@ -172,33 +172,47 @@ def normalise_init_from(init_from: str | Mapping[str, str]) -> dict[str, str]:
   return dict(init_from)
 
 
+def _replace(tree: Params, path: tuple[str, ...], value: Params) -> Params:
+  """``tree`` with the subtree at ``path`` replaced (copies along the path only)."""
+  if not path:
+    return value
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
 def load_pretrained(params: Params, init_from: str | Mapping[str, str],
                     loader: Callable[[str], Params] = source_params) -> Params:
   """Returns ``params`` (plain, unboxed) with the subtrees named in ``init_from`` (or the whole
   tree, for a single source) replaced by the loaded weights; every tensor must be placed and
-  every shape must match exactly. Values take the target's dtypes."""
+  every shape must match exactly. Values take the target's dtypes.
+
+  A subtree is named by its path, ``'text'`` or ``'policy/decoder'``. A whole-model source
+  given for a subtree contributes its own subtree of the path's last name when it has one
+  (``{'image': 'hf:clip'}``, ``{'policy/decoder': 'mmie:runs/lm'}``), else its whole tree,
+  which must then fit the subtree (``{'reference': 'mmie:runs/lm'}``: PPO's frozen copy)."""
   params = dict(layers.unbox(params))
   for name, source in normalise_init_from(init_from).items():
-    if name != WHOLE_MODEL and name not in params:
-      raise ValueError(f"init_from names subtree {name!r}, but params have {sorted(params)}.")
+    path = () if name == WHOLE_MODEL else tuple(name.split("/"))
+    target = params
+    for depth, key in enumerate(path):
+      if not isinstance(target, Mapping) or key not in target:
+        where = "/".join(path[:depth]) or "params"
+        have = sorted(target) if isinstance(target, Mapping) else "a tensor"
+        raise ValueError(f"init_from names subtree {name!r}, but {where} holds {have}.")
+      target = target[key]
     whole = is_whole_model(source)
-    if not whole and name == WHOLE_MODEL:
+    if not whole and not path:
       raise ValueError(f"init_from={source!r} is one tower; name the subtree it replaces: "
                        f"init_from={{'text' or 'image': {source!r}}}.")
     loaded = loader(source)
-    if whole and name != WHOLE_MODEL:
-      if name not in loaded:
-        raise ValueError(f"init_from[{name!r}]={source!r}: that model has no subtree {name!r}"
-                         f" (it has {sorted(loaded)}).")
-      loaded = loaded[name]
-    target = params if name == WHOLE_MODEL else params[name]
+    if whole and path and path[-1] in loaded:
+      loaded = loaded[path[-1]]
     loaded = _match_layers(loaded, target)
     if _paths(loaded) != _paths(target):
       raise ValueError(
           f"init_from[{name!r}]={source!r} does not fit the configured "
-          f"{'model' if name == WHOLE_MODEL else 'tower'}: {_mismatch(target, loaded)}. Use the"
+          f"{'model' if not path else 'tower'}: {_mismatch(target, loaded)}. Use the"
           " source's own architecture (mmie.models.pretrained.tower_config for a tower, the"
           " exported run's config for a whole model).")
     new = jax.tree_util.tree_map(lambda v, old: jnp.asarray(v, old.dtype), loaded, target)
-    params = dict(new) if name == WHOLE_MODEL else dict(params, **{name: new})
+    params = dict(_replace(params, path, new))
   return params

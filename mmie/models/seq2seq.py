@@ -291,8 +291,10 @@ class DecoderLM(_TransformerCommon):
   depth: int = 1
 
   @nn.compact
-  def __call__(self, tokens: Array, *, train: bool = False) -> Array:
-    """[B, T] tokens -> float32 logits [B, T, vocab]; position t sees tokens 0..t only."""
+  def __call__(self, tokens: Array, *, train: bool = False,
+               return_hidden: bool = False) -> Array | tuple[Array, Array]:
+    """[B, T] tokens -> float32 logits [B, T, vocab]; position t sees tokens 0..t only.
+    ``return_hidden``: (logits, final-normed states [B, T, width]), for heads on the LM."""
     embed = _embed(self, self.vocab_size, self.width)
     x = _add_positions(self, _embed_tokens(embed, tokens), self.positions, self.context_length,
                        self.decode)
@@ -302,7 +304,8 @@ class DecoderLM(_TransformerCommon):
                                   scan_layers=self.scan_layers, name="decoder")(
                                       x, mask, not train)
     x = layers.layer_norm("final_norm", self.layer_norm_eps, self.dtype, self.param_dtype)(x)
-    return _output_logits(self, embed, x, self.tie_embeddings)
+    logits = _output_logits(self, embed, x, self.tie_embeddings)
+    return (logits, x) if return_hidden else logits
 
   def generate(self, prompt: Array, *, max_length: int, **options: Any) -> Array:
     """Continuations [B, max_length] of ``prompt`` [B, P] (included), by ``decoding.generate``:
@@ -337,9 +340,8 @@ def translation_decoder(model: Seq2SeqTransformer, params: Any, source: Array,
   valid = source != model.pad_id if source_mask is None else source_mask > 0
   decoder = model.clone(decode=True)
   context = ("encoded", "source_valid")
-  cache = decoding.init_cache(decoder, params, jnp.zeros((source.shape[0], max_length),
-                                                         jnp.int32),
-                              encoded, valid, method="decoder_logits")
+  zeros = jnp.zeros((source.shape[0], max_length), jnp.int32)
+  cache = decoding.init_cache(decoder, params, zeros, encoded, valid, method="decoder_logits")
   state = {"cache": cache, "encoded": encoded, "source_valid": valid}
   return decoding.make_step_fn(decoder, params, method="decoder_logits", context=context), state
 
@@ -366,10 +368,8 @@ def schema(name: str) -> dict[str, Any]:
       "remat": builder.REMAT, "scan_layers": Field((bool,), False),
       "dtype": Field(_STR, "float32"), "param_dtype": Field(_STR, "float32"),
   }
-  if name == "seq2seq":
-    return {**common, "encoder_depth": Field(_INT, required),
-            "decoder_depth": Field(_INT, required)}
-  return {**common, "depth": Field(_INT, required)}
+  depths = ("encoder_depth", "decoder_depth") if name == "seq2seq" else ("depth",)
+  return {**common, **{key: Field(_INT, required) for key in depths}}
 
 
 def _common_kwargs(c: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def load_trained(workdir: str, config: Any = None,
     config = saved_config(workdir)
   if not isinstance(config, ml_collections.FrozenConfigDict):
     config = config_lib.validate(config)
-  run = setup.build_run(config)
+  # No data check: a trained run loads without its training data (moved, or on another host).
+  run = setup.build_run(config, check_data=False)
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   target = functools.partial(setup.abstract_state_at, run)
