@@ -71,6 +71,16 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
                                 "--impl=mmie"],
     "scripts/pod_presets.py": ["--presets=clip:tiny", "--devices=8"],
     "scripts/bench_data_scale.py": ["--shards=3", "--per-shard=20", "--batch=8"],
+    "scripts/safety_classifier.py": ["--preset=tiny", "--max_per_source=40"],
+    # The tiny LM reads 8-token prompts; the tiny DPO and PPO runs have their own synthetic
+    # vocabularies, so the figures compare the tiny LM with itself.
+    "scripts/safety_pipeline.py": ["--max_texts=3000", "--samples=1", "--eval_samples=1",
+                                   "--prompt_length=6", "--new_tokens=4", "--garak_attacks=1",
+                                   "--pairs=$RUNS/kjv_preferences.jsonl",
+                                   "--prompts=$RUNS/kjv_prompts.jsonl",
+                                   "--redteam=$RUNS/kjv_redteam.jsonl",
+                                   "--reward_model=$RUNS/kjv_reward_model",
+                                   "--policies=same=$RUNS/kjv_lm"],
     "scripts/emoji_generalisation.py": [
         "--variants=default", "--out=$RUNS/generalisation", "--plot=$RUNS/generalisation.png",
         "--extra=--config.total_steps=2 --config.batch_size=16 --config.log_every=1"

@@ -133,6 +133,25 @@ EVALUATORS["matching"] = EvaluatorType(_matching, {
     "ks": (_KS, (1, 5, 10)),
     "rerank_k": (Field(_INT, check=_pos, allowed="> 0"), 16)})
 
+
+def _preference(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
+  from mmie.evaluate import preference  # pylint: disable=g-import-not-at-top
+  return preference.preference(spec, ctx)
+
+
+EVALUATORS["preference"] = EvaluatorType(_preference, {})
+
+
+def _text_classification(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
+  from mmie.evaluate import text_classification  # pylint: disable=g-import-not-at-top
+  return text_classification.text_classification(spec, ctx)
+
+
+EVALUATORS["text_classification"] = EvaluatorType(_text_classification, {
+    "class_names": (Field(_SEQ, check=lambda names: all(isinstance(n, str) for n in names),
+                          allowed="a list of names, one per class (empty: the class ids)"), ())})
+
+
 def _vision(kind: str) -> Factory:
   def build(spec: dict[str, Any], ctx: EvalContext) -> Evaluator:
     from mmie.evaluate import vision  # pylint: disable=g-import-not-at-top
@@ -209,6 +228,8 @@ _MODEL_NEEDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "perplexity": (_is_class("DecoderLM"), "a decoder-only LM (model.name='lm')"),
     "bleu": (_is_class("Seq2SeqTransformer"), "an encoder-decoder (model.name='seq2seq')"),
 }
+_MODEL_NEEDS["text_classification"] = (_is_class("TextClassifier"),
+                                       "a text classifier (model.name='text_classifier')")
 
 
 def check_model(evals: Any, model: Any) -> None:

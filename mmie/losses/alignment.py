@@ -3,14 +3,22 @@ clipped surrogate, with generalised advantage estimation (GAE) for the advantage
 
 Each head is a pure function of named arrays returning ``(loss, metrics)`` like every other
 head in the library (docs/losses.md), so a reward-model, DPO or PPO task is a config: the task
-provides the named inputs, the head is chosen by name. ``gae`` is not a head: a PPO task calls
-it on a rollout's rewards and values to make the head's ``advantages``.
+provides the named inputs, the head is chosen by name. ``gae``, ``kl_shaped_rewards`` and
+``whiten`` are not heads: the PPO task calls them on a rollout to make the ``ppo`` head's
+``advantages`` and ``returns``. ``ppo_rollout`` is the transform that keeps a rollout in the
+loss state for several steps (PPO's epochs), calling the task's ``RolloutSource``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+
+from mmie.losses.core import Inputs, Transform, require_state
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -126,3 +134,139 @@ def gae(rewards: Array, values: Array, *, gamma: float = 1.0, lam: float = 0.95,
   _, advantages = jax.lax.scan(step, jnp.zeros(r.shape[:-1], r.dtype), xs, reverse=True)
   advantages = jnp.moveaxis(advantages, 0, -1)
   return advantages, (advantages + v) * m
+
+
+def whiten(x: Array, mask: Array | None = None, *, eps: float = 1e-8) -> Array:
+  """``(x - mean) / sqrt(var + eps)`` over the masked entries (0 elsewhere): PPO's advantage
+  normalisation, so the step size does not follow the reward's scale."""
+  x = _f32(x)
+  m = jnp.ones_like(x) if mask is None else jnp.broadcast_to(mask, x.shape).astype(x.dtype)
+  mean = _masked_mean(x, m)
+  var = _masked_mean(jnp.square(x - mean), m)
+  return (x - mean) * jax.lax.rsqrt(var + eps) * m
+
+
+def kl_shaped_rewards(score: Array, log_probs: Array, reference_log_probs: Array,
+                      mask: Array, *, kl_coef: float) -> tuple[Array, Array]:
+  """Per-token rewards of an RLHF rollout (Ziegler et al. 2019; Ouyang et al. 2022, eq. 2):
+  ``r_t = -kl_coef * (log pi_old - log pi_ref)_t`` on every generated token, plus the reward
+  model's ``score`` ``[B]`` at each row's last generated token.
+
+  The penalty is the per-token estimate of KL(pi_old || pi_ref) on the sampled tokens, so the
+  policy is paid for the reward only as far as it stays near its reference. Inputs ``[B, T]``;
+  ``mask`` is 1 on generated tokens. Returns ``(rewards, kl)``, both 0 where ``mask`` is 0.
+  """
+  lp, ref, s = _f32(log_probs), _f32(reference_log_probs), _f32(score)
+  if lp.shape != ref.shape or lp.ndim != 2 or s.shape != lp.shape[:1]:
+    raise ValueError("kl_shaped_rewards: log_probs and reference_log_probs must be [B, T] and "
+                     f"score [B], got {lp.shape}, {ref.shape}, {s.shape}.")
+  m = jnp.broadcast_to(mask, lp.shape).astype(lp.dtype)
+  kl = (lp - ref) * m
+  # The last generated token: the highest masked position (a row with none gets no score).
+  positions = jnp.arange(lp.shape[1])
+  last = jnp.max(jnp.where(m > 0, positions, -1), axis=1)
+  at_last = (positions[None, :] == last[:, None]).astype(lp.dtype)
+  return -kl_coef * kl + at_last * s[:, None], kl
+
+
+def ppo(log_probs: Array, old_log_probs: Array, advantages: Array, values: Array,
+        returns: Array, *, old_values: Array | None = None, mask: Array | None = None,
+        entropy: Array | None = None, rollout_metrics: dict[str, Array] | None = None,
+        clip_eps: float = 0.2, value_clip: float | None = 0.2, value_coef: float = 0.5,
+        entropy_coef: float = 0.0) -> tuple[Array, Metrics]:
+  """PPO's whole loss on a rollout (Schulman et al. 2017, eq. 9): the clipped surrogate
+  (``ppo_clip``) + ``value_coef`` * value loss - ``entropy_coef`` * mean entropy.
+
+  Value loss: ``0.5 mean_mask (V - R)^2``; with ``value_clip`` (and ``old_values``, the
+  rollout's values) the pessimistic ``0.5 mean_mask max((V - R)^2, (V_clip - R)^2)``,
+  ``V_clip = V_old + clip(V - V_old, -value_clip, value_clip)`` (as OpenAI's baselines ppo2).
+  Inputs are per-token ``[B, T]``; ``returns`` are GAE's value targets. The ``ppo_rollout``
+  transform writes every input from the task's rollout; ``rollout_metrics`` (the rollout's
+  reward, KL, length) are reported beside the loss's own metrics.
+  """
+  policy_loss, metrics = ppo_clip(log_probs, old_log_probs, advantages, mask=mask,
+                                  clip_eps=clip_eps)
+  v, ret = _f32(values), _f32(returns)
+  if v.shape != ret.shape:
+    raise ValueError(f"ppo: values {v.shape} and returns {ret.shape} must have one shape.")
+  squared = jnp.square(v - ret)
+  if value_clip is not None and old_values is not None:
+    old = _f32(old_values)
+    clipped = old + jnp.clip(v - old, -value_clip, value_clip)
+    squared = jnp.maximum(squared, jnp.square(clipped - ret))
+  value_loss = 0.5 * _masked_mean(squared, mask)
+  loss = policy_loss + value_coef * value_loss
+  out = {"policy_loss": policy_loss, "value_loss": value_loss,
+         "clip_fraction": metrics["clip_fraction"], "approx_kl": metrics["approx_kl"]}
+  if entropy is not None:
+    out["entropy"] = _masked_mean(_f32(entropy), mask)
+    loss = loss - entropy_coef * out["entropy"]
+  out.update({k: jnp.asarray(x) for k, x in dict(rollout_metrics or {}).items()})
+  return loss, {"loss": loss, **out}
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True, eq=False)
+class RolloutSource:
+  """A task's two model calls for on-policy training, carried among the loss's inputs.
+
+  ``collect() -> rollout`` samples from the current policy and scores it, with no gradient:
+  a dict of arrays with ``tokens``, ``mask``, ``log_probs``, ``values``, ``advantages``,
+  ``returns`` and ``metrics`` (scalars). ``evaluate(rollout)`` is the live policy on the
+  rollout's tokens: ``log_probs``, ``values``, ``entropy`` (with gradient). A pytree without
+  leaves, so the engine's maps over the inputs pass it through, and its closures keep the
+  forward pass's traced parameters (the task and the loss run in one trace).
+  """
+
+  collect: Callable[[], dict[str, Any]]
+  evaluate: Callable[[Mapping[str, Any]], dict[str, Array]]
+
+
+def ppo_rollout(epochs: int = 1, source: str = "rollout") -> Transform:
+  """Collects a rollout every ``epochs`` steps and keeps it in the loss state in between, so
+  PPO optimises ``epochs`` consecutive steps on one batch of experience (the ratio moves away
+  from 1 and the clip acts); ``epochs=1`` collects every step and keeps no state.
+
+  Reads the task's ``RolloutSource`` input ``source``; writes the ``ppo`` head's inputs: the
+  rollout's ``old_log_probs``, ``old_values``, ``advantages``, ``returns``, ``mask`` and
+  ``rollout_metrics``, and the live ``log_probs``, ``values``, ``entropy``. Needs
+  ``train.grad_accum_steps=1`` when ``epochs > 1``: the state holds one batch's rollout.
+  """
+  if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    raise ValueError(f"ppo_rollout: epochs must be a positive int, got {epochs!r}.")
+
+  def get_source(inputs: Mapping[str, Any]) -> RolloutSource:
+    src = inputs.get(source)
+    if not isinstance(src, RolloutSource):
+      raise KeyError(f"ppo_rollout needs input {source!r}, a RolloutSource made by an "
+                     f"on-policy task (task='ppo'); inputs available: {sorted(inputs)}.")
+    return src
+
+  def init(example: Inputs) -> Any:
+    if epochs == 1:
+      return ()
+    shapes = jax.eval_shape(get_source(example).collect)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def apply(inputs: Inputs, state: Any, *, step: Array, rng: Array) -> tuple[Inputs, Any]:
+    del rng  # The task's forward pass holds the step's randomness.
+    src = get_source(inputs)
+    if epochs == 1:
+      rollout = src.collect()
+    else:
+      require_state(state, "ppo_rollout")
+      fresh, kept = jax.eval_shape(src.collect), jax.eval_shape(lambda: state)
+      if fresh != kept:
+        raise ValueError("ppo_rollout(epochs > 1) keeps one whole batch's rollout, but this "
+                         "step's rollout has other shapes (a micro-batch?): set "
+                         "train.grad_accum_steps=1, or epochs=1.")
+      rollout = jax.lax.cond(step % epochs == 0, src.collect, lambda: state)
+    live = src.evaluate(rollout)
+    inputs = {k: v for k, v in inputs.items() if k != source}
+    inputs.update(log_probs=live["log_probs"], values=live["values"], entropy=live["entropy"],
+                  old_log_probs=rollout["log_probs"], old_values=rollout["values"],
+                  advantages=rollout["advantages"], returns=rollout["returns"],
+                  mask=rollout["mask"], rollout_metrics=rollout["metrics"])
+    return inputs, (rollout if epochs > 1 else ())
+
+  return Transform(init, apply)

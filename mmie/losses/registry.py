@@ -37,10 +37,10 @@ for _fn in (contrastive.clip, contrastive.siglip, contrastive.ntxent, contrastiv
             contrastive.dclw, contrastive.supcon, redundancy.vicreg, redundancy.barlow_twins,
             redundancy.decorrelation, redundancy.feature_consistency,
             classification.cross_entropy, classification.soft_cross_entropy,
-            alignment.bradley_terry, alignment.dpo, alignment.ppo_clip):
+            alignment.bradley_terry, alignment.dpo, alignment.ppo_clip, alignment.ppo):
   HEADS.register(_fn.__name__, _fn)
 for _fn in (queue.memory_queue, queue.momentum_keys, transforms.dynamic_temperature,
-            transforms.learnable_temperature):
+            transforms.learnable_temperature, alignment.ppo_rollout):
   TRANSFORMS.register(_fn.__name__, _fn)
 
 # Former transforms that are now head options (one way to set each), with the new spelling.

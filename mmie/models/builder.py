@@ -205,6 +205,21 @@ def _build_lm(model_config: Any) -> nn.Module:
   return seq2seq.build_lm(model_config)
 
 
+def _build_reward_model(model_config: Any) -> nn.Module:
+  from mmie.models import lm_heads
+  return lm_heads.build_reward_model(model_config)
+
+
+def _build_text_classifier(model_config: Any) -> nn.Module:
+  from mmie.models import text_classifier
+  return text_classifier.build_text_classifier(model_config)
+
+
+def _build_ppo_policy(model_config: Any) -> nn.Module:
+  from mmie.models import ppo_policy
+  return ppo_policy.build_ppo_policy(model_config)
+
+
 def _build_image_encoder(model_config: Any) -> nn.Module:
   from mmie.models import vision
   return vision.build_image_encoder(model_config)
@@ -212,7 +227,8 @@ def _build_image_encoder(model_config: Any) -> nn.Module:
 
 MODELS: dict[str, Callable[[Any], nn.Module]] = {
     "two_tower": _build_two_tower, "fusion": _build_fusion, "seq2seq": _build_seq2seq,
-    "lm": _build_lm, "image_encoder": _build_image_encoder,
+    "lm": _build_lm, "image_encoder": _build_image_encoder, "reward_model": _build_reward_model,
+    "text_classifier": _build_text_classifier, "ppo_policy": _build_ppo_policy,
 }
 
 
@@ -237,6 +253,15 @@ def model_schema(model_config: Any) -> dict[str, Any]:
   if name in ("seq2seq", "lm"):
     from mmie.models import seq2seq  # pylint: disable=g-import-not-at-top
     return seq2seq.schema(name)
+  if name == "reward_model":
+    from mmie.models import lm_heads  # pylint: disable=g-import-not-at-top
+    return lm_heads.schema()
+  if name == "text_classifier":
+    from mmie.models import text_classifier  # pylint: disable=g-import-not-at-top
+    return text_classifier.schema(model_config)
+  if name == "ppo_policy":
+    from mmie.models import ppo_policy  # pylint: disable=g-import-not-at-top
+    return ppo_policy.schema()
   if name == "image_encoder":
     from mmie.models import vision  # pylint: disable=g-import-not-at-top
     keys = dict(vision.MODEL_KEYS)

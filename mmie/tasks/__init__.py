@@ -13,13 +13,18 @@ import inspect
 
 from mmie.config import ConfigError
 from mmie.registry import bind_arguments, parse_call
-from mmie.tasks import classify, contrastive, lm, matching, seq2seq, ssl
+from mmie.tasks import classify, contrastive, lm, matching, preference, seq2seq, ssl
+from mmie.tasks import text_classify
+from mmie.tasks import ppo
 from mmie.tasks.base import Task
 
 TASKS: dict[str, Task] = {
     task.name: task for task in (contrastive.TASK, matching.TASK, seq2seq.TASK, lm.TASK,
-                                 ssl.TASK, classify.TASK)
+                                 ssl.TASK, classify.TASK, preference.REWARD_TASK,
+                                 preference.DPO_TASK)
 }
+TASKS[text_classify.TASK.name] = text_classify.TASK
+TASKS[ppo.TASK.name] = ppo.TASK
 _PROTOCOL = frozenset({"apply_fn", "params", "batch", "rng", "train", "ema_params"})
 
 

@@ -204,7 +204,8 @@ def test_registries_list_every_head_and_transform():
   assert set(losses.HEADS) == {
       "clip", "siglip", "ntxent", "dcl", "dclw", "supcon", "vicreg", "barlow_twins",
       "decorrelation", "feature_consistency", "cross_entropy", "soft_cross_entropy",
-      "bradley_terry", "dpo", "ppo_clip"}
+      "bradley_terry", "dpo", "ppo_clip", "ppo"}
   assert set(losses.TRANSFORMS) == {
-      "memory_queue", "momentum_keys", "dynamic_temperature", "learnable_temperature"}
+      "memory_queue", "momentum_keys", "dynamic_temperature", "learnable_temperature",
+      "ppo_rollout"}
   assert set(losses.WEIGHTINGS) == {"static", "inverse_running_loss", "uncertainty"}

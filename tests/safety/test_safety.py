@@ -59,7 +59,8 @@ def test_principles_come_from_a_config_section():
     ({"x": {"detectors": "lexicon", "colour": 1}}, "unknown keys \\['colour'\\]"),
     ({"x": {"detectors": "lexicon(name='nope')"}}, "is not built in"),
     ({"x": {"detectors": "pattern(regex='(')"}}, "does not compile"),
-    ({"x": {"detectors": "classifier"}}, "unknown safety detector 'classifier'"),
+    ({"x": {"detectors": "classify"}}, "unknown safety detector 'classify'"),
+    ({"x": {"detectors": "classifier"}}, "classifier needs workdir="),
     ({"x": {"detectors": ()}}, "has no detectors"),
     ({"x": {"weight": -1, "detectors": "lexicon(name='violence')"}}, "weight must be >= 0"),
 ])
