@@ -63,7 +63,8 @@ class PairPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelSource:
-  """A prepared pair source: random-access records per split and its tokenizer."""
+  """A prepared text source (pairs here; text records too, mmie/data/text_records.py):
+  random-access JSON records per split and its tokenizer."""
 
   name: str
   path: str
@@ -74,9 +75,10 @@ class ParallelSource:
     return SPLITS
 
   def records(self, split: str) -> Sequence[dict[str, str]]:
-    """The split's pairs as ``{"source", "target", "group"}`` dicts, random access."""
+    """The split's records as dicts (pairs: ``{"source", "target", "group"}``), random
+    access."""
     if split not in SPLITS:
-      raise ValueError(f"Parallel source {self.name!r} has no split {split!r}; it has "
+      raise ValueError(f"Data source {self.name!r} has no split {split!r}; it has "
                        f"{list(SPLITS)}.")
     return JsonRecords(os.path.join(self.path, f"{split}.array_record"))
 

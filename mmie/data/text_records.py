@@ -23,7 +23,6 @@ the reward model, DPO and PPO share their language model's vocabulary.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import json
 import os
@@ -46,24 +45,8 @@ Row = dict[str, Any]
 RecordPlan = parallel.PairPlan
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordSource:
-  """A prepared record source: random-access rows per split and its tokenizer."""
-
-  name: str
-  path: str
-  tokenizer_path: str
-
-  @property
-  def splits(self) -> tuple[str, ...]:
-    return SPLITS
-
-  def records(self, split: str) -> parallel.JsonRecords:
-    """The split's rows as dicts, random access."""
-    if split not in SPLITS:
-      raise ValueError(f"Record source {self.name!r} has no split {split!r}; it has "
-                       f"{list(SPLITS)}.")
-    return parallel.JsonRecords(os.path.join(self.path, f"{split}.array_record"))
+# A prepared record source: random-access rows per split and its tokenizer.
+RecordSource = parallel.ParallelSource
 
 
 def _check_options(name: str, validation_fraction: float, max_chars: int,
