@@ -1,6 +1,6 @@
 """``pip install .`` alone gives a package that trains: its runtime dependencies, the shipped
-configs, the embedded emoji set and the ``mmie-train`` console script, used from outside the
-checkout (no ``PYTHONPATH``, no repository files on the path).
+configs, the embedded emoji set, the shipped vocabulary and the ``mmie-train`` console script,
+used from outside the checkout (no ``PYTHONPATH``, no repository files on the path).
 
 Slow (a fresh venv installs every dependency from the package index or pip's cache).
 """
@@ -38,6 +38,12 @@ def test_pip_install_alone_gives_a_console_script_that_trains(tmp_path):
                           "import mmie, mmie.configs; print(mmie.__file__)"],
                          cwd=outside, env=env, capture_output=True, text=True, check=True)
   assert str(venv) in where.stdout and str(source) not in where.stdout
+  # The default CLIP's vocabulary is package data too (configs/clip.py, ADR 0020).
+  vocab = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "from mmie.data import tokenizer as t; p = t.resolve_alias("
+                          "'bert_uncased'); print(p, t.load_tokenizer(p).vocab_size)"],
+                         cwd=outside, env=env, capture_output=True, text=True, check=True)
+  assert str(venv) in vocab.stdout and vocab.stdout.split()[-1] == "30522"
 
   workdir = outside / "run"
   run = subprocess.run([str(venv / "bin" / "mmie-train"), "--config=clip:tiny",

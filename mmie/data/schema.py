@@ -52,7 +52,7 @@ DATA = {
     "prompt_length": Field(_OPT_INT, None, lambda x: x >= 2,
                            ">= 2 tokens (BOS and the prompt): the 'prompts' view's width"),
     "tokenizer": Field((str,), "", allowed="'' (the source's own), a tokenizer.json, an HF"
-                       " tokenizer directory, or an alias such as 'minilm'"),
+                       " tokenizer directory, or an alias: 'bert_uncased' (shipped), 'minilm'"),
     "cache_mb": Field(_NUM, 1024, non_negative, ">= 0 MiB"),
     "worker_count": Field((int,), 0, non_negative, ">= 0 grain worker processes"),
     "train_split": Field((str,), "train"),

