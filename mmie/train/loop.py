@@ -26,6 +26,9 @@ from mmie.train.metrics_writer import MetricsWriter, Progress
 
 log = logging.getLogger(__name__)
 
+_EVALUATE_EMA_NEEDS = ("train.evaluate_ema=True needs an EMA of the weights: set train.ema_decay"
+                       " (e.g. 0.99).")
+
 
 class NonFiniteError(FloatingPointError):
   """Training produced a NaN or inf loss or gradient and the config says to stop."""
@@ -105,6 +108,8 @@ class _Session:
     self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                              max_to_keep=config.get("keep_checkpoints", 2))
     check_vocabulary(config)
+    if train_config.get("evaluate_ema", False) and train_config.get("ema_decay") is None:
+      raise config_lib.ConfigError(_EVALUATE_EMA_NEEDS)
     if jax.process_index() == 0:  # The checkpoints' token ids mean nothing without it.
       pipeline.tokenizer_for(config.data).save(os.path.join(workdir, "tokenizer.json"))
     count, index = jax.process_count(), jax.process_index()
@@ -306,12 +311,26 @@ def _log_train(s: _Session, step: int, metrics: Any, writer: MetricsWriter,
     log.warning(msg)
 
 
+def evaluated_params(config: Any, state: Any) -> Any:
+  """The parameters the evaluators see: the EMA copy when ``train.evaluate_ema``.
+
+  An average of the weights over the last ~1/(1 - decay) steps sits in a flatter region than
+  the last iterate, which can generalise better (Polyak & Juditsky 1992; Izmailov et al. 2018).
+  """
+  train_config = config.get("train", {}) or {}
+  if not train_config.get("evaluate_ema", False):
+    return state.params
+  if state.ema_params is None:
+    raise config_lib.ConfigError(_EVALUATE_EMA_NEEDS)
+  return state.ema_params
+
+
 def _evaluate(s: _Session, state: Any, step: int, writer: MetricsWriter | None,
               only: Callable | None = None) -> dict[str, float]:
   metrics: dict[str, float] = {}
   for _, _, evaluate in s.evaluators:
     if only is None or evaluate is only:
-      metrics.update(evaluate(state.params))
+      metrics.update(evaluate(evaluated_params(s.config, state)))
   if writer is not None:
     writer.write(step, metrics)
   if jax.process_index() == 0:
@@ -337,7 +356,7 @@ def evaluate_checkpoint(config: Any, workdir: str, *,
   evaluators = default_evaluators(config, run.model, mesh=run.mesh)
   metrics: dict[str, float] = {}
   for _, _, evaluate in evaluators:
-    metrics.update(evaluate(restored.state.params))
+    metrics.update(evaluate(evaluated_params(config, restored.state)))
   if other_data is not None and jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluations.jsonl"), "a") as f:
       f.write(json.dumps({"step": restored.step, "data": other_data, **metrics}) + "\n")

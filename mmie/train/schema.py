@@ -68,6 +68,8 @@ TRAIN = {
                            "None or (start, end) global steps with start < end"),
     "ema_decay": Field(_OPT_NUM, None, lambda x: 0 < x < 1,
                        "None (no EMA) or in (0, 1), e.g. 0.999 for a momentum encoder"),
+    # Evaluate the EMA copy (Polyak averaging) instead of the trained weights; needs ema_decay.
+    "evaluate_ema": Field((bool,), False),
     "grad_accum_steps": Field((int,), 1, positive, ">= 1 micro-batches per step"),
     "accumulation": Field((str,), "mean", *one_of("mean", "gradcache")),
     "balance_modalities": Section({}, open=True, nullable=True),

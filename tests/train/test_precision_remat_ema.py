@@ -17,7 +17,7 @@ from mmie import sharding
 from mmie.losses import build_loss
 from mmie.models import build_model, unbox
 from mmie.tasks import get_task
-from mmie.train import accumulate, setup
+from mmie.train import accumulate, loop, setup
 from tests.tolerance import assert_trees_close, float32_sum_atol
 
 EMA_DECAY = 0.9
@@ -89,6 +89,21 @@ def test_ema_is_the_decayed_average(bf16_ema_step):
   # At the very start the EMA is a copy of the params.
   for e, p in zip(jax.tree.leaves(before.ema_params), jax.tree.leaves(before.params)):
     np.testing.assert_array_equal(e, p)
+
+
+def test_evaluate_ema_hands_the_evaluators_the_ema_copy(bf16_ema_step, tmp_path):
+  _, _, _, after, _ = bf16_ema_step
+  cfg = clip.get_config("tiny")
+  assert loop.evaluated_params(cfg, after) is after.params
+  cfg.train = ml_collections.ConfigDict({"ema_decay": EMA_DECAY, "evaluate_ema": True})
+  assert loop.evaluated_params(cfg, after) is after.ema_params
+  with pytest.raises(config_lib.ConfigError, match="set train.ema_decay"):
+    loop.evaluated_params(cfg, after.replace(ema_params=None))
+  # A run that asks for it without an EMA stops before its first step.
+  cfg.train = ml_collections.ConfigDict({"evaluate_ema": True})
+  with pytest.raises(config_lib.ConfigError, match="set train.ema_decay"):
+    loop.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 @pytest.fixture(scope="module")
