@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/fusion_itm.py: unknown preset {preset!r}; choose 'default' or "
                      "'tiny'.")
   tiny = preset == "tiny"
-  config = clip.get_config(preset)  # Data, optimizer, schedule and towers as CLIP's.
+  config = clip.recipe_base(preset)  # Data, optimizer, schedule and towers as CLIP's.
   # Half the ITM negatives uniform: from scratch, pure hard negatives leave the ITM head at
   # the class prior for the whole run (docs/models.md, Matching task).
   config.task = "matching(random_negatives=0.5)"

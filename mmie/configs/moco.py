@@ -17,7 +17,7 @@ from mmie.configs import clip
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the MoCo-keys CLIP config; ``arg`` names a preset (``tiny`` or ``default``)."""
   preset = arg or "default"
-  config = clip.get_config(preset)
+  config = clip.recipe_base(preset)
   tiny = preset == "tiny"
   config.train = ml_collections.ConfigDict()
   config.train.ema_decay = 0.99 if tiny else 0.995

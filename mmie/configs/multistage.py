@@ -24,7 +24,7 @@ def _rules(trainable: str, frozen_rest: bool, backbone_multiplier: float | None 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "default"
-  config = clip.get_config(preset)
+  config = clip.recipe_base(preset)
   tiny = preset == "tiny"
   config.model.image.depth = 2 if tiny else config.model.image.depth
   config.model.text.depth = 2 if tiny else config.model.text.depth

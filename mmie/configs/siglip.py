@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = clip.pod_config(clip.base_config(False), clip.POD_SIZES[preset], args,
                              loss="siglip")
   else:
-    config = clip.get_config(preset)
+    config = clip.recipe_base(preset)
     config.loss.name = "siglip"
   config.model.logit_bias_init = -10.0  # Turns on the model's learnable bias.
   config.model.logit_scale_init = math.log(10.0)
