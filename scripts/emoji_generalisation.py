@@ -11,8 +11,9 @@ folder with ``main.py`` and is then evaluated with ``main.py --workdir=RUN --mod
 One markdown row per variant: held-out Recall@1 and @5 (mean of image->text and
 text->image), the chance level, the in-run validation Recall@5 at the last step (5% of the
 training folder's emoji, held out of training by hash), steps and wall time. Rows are also
-appended to ``OUT/results.jsonl``; a variant whose row and run directory OUT already holds is not run
-again (delete ``OUT/NAME`` to re-run it), so one more variant or a plot costs only its own runs.
+appended to ``OUT/results.jsonl``; a variant whose row and run directory OUT already holds
+is not run again (delete ``OUT/NAME`` to re-run it), so one more variant or a plot costs only
+its own runs.
 Only the embedded set is used: the cross-style check stays blind.
 """
 
