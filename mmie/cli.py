@@ -156,14 +156,27 @@ def error_exit(message: str, status: int, *, run_exit_handlers: bool = True) -> 
   """Prints ``message`` as one line on stderr and exits with ``status``: for the errors a
   user acts on (a config mistake, a full disk, a non-finite loss), not for bugs.
 
-  ``run_exit_handlers=False`` leaves at once (``os._exit``) after flushing the standard
-  streams: when the disk is full, the handlers would only retry writes that cannot succeed.
+  ``run_exit_handlers=False`` leaves at once (``os._exit``): when the disk is full or a peer
+  is lost, the handlers would only retry writes that cannot succeed. Background threads
+  (orbax's writers, asyncio's callbacks) may still be printing tracebacks then, so the
+  process's stderr is pointed at the null device first and the message is written alone, on
+  a line of its own, as the last thing the process prints.
   """
-  print(" ".join(str(message).split()), file=sys.stderr, flush=True)
-  if not run_exit_handlers:
-    sys.stdout.flush()
-    os._exit(status)  # pylint: disable=protected-access
-  sys.exit(status)
+  line = " ".join(str(message).split())
+  if run_exit_handlers:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # A full disk or a closed stream: nothing more to save.
+      pass
+  real_stderr = os.dup(2)
+  null = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(null, 2)  # Every other writer, Python or C++, now writes nowhere.
+  # The newline ends whatever partial line another thread had written before.
+  os.write(real_stderr, f"\n{line}\n".encode())
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def _root_message(error: BaseException) -> str:

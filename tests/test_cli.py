@@ -155,3 +155,28 @@ def test_eval_data_needs_evaluate_mode(tmp_path):
   assert result.returncode != 0
   assert "--eval_data evaluates a trained run: add --mode=evaluate" in result.stderr
   assert not os.path.exists(workdir)
+
+
+# A background thread that writes half a line, then keeps printing, while the main thread
+# stops: as orbax's writer threads print tracebacks when the disk fills.
+_NOISY_STOP = """
+import sys, threading, time
+from mmie import cli
+def noise():
+  sys.stderr.write("RuntimeError: "); sys.stderr.flush()
+  while True:
+    print("Traceback (most recent call last): ...", file=sys.stderr, flush=True)
+started = threading.Thread(target=noise, daemon=True)
+started.start()
+time.sleep(0.2)
+cli.error_exit("Stopped: the   disk is full;\\nfree space.", cli.EXIT_OUT_OF_SPACE,
+               run_exit_handlers=False)
+"""
+
+
+def test_immediate_exit_prints_its_line_last_and_alone_over_other_threads():
+  result = subprocess.run([sys.executable, "-c", _NOISY_STOP], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 74  # cli.EXIT_OUT_OF_SPACE: the status the caller gave.
+  assert result.stderr.count("Traceback") > 0  # The noise was running when it stopped.
+  assert result.stderr.splitlines()[-1] == "Stopped: the disk is full; free space."

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 # No space on the device, over a disk quota, over the process's file-size limit.
 OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _TENSORSTORE_CODE = re.compile(r"os_error_code='(\d+)'")
-_PATH = re.compile(r"(/[^\s\"':]+)")
+# An absolute path as error texts quote it: starting a word (not ``tensorstore/util/x.cc``, a
+# source location), ending before a quote, a colon or an escaping backslash.
+_PATH = re.compile(r"(?<![\w.\\/-])(/[^\s\"':\\]+)")
 
 
 class StorageFullError(OSError):
@@ -47,13 +49,20 @@ def out_of_space(error: BaseException) -> bool:
   return False
 
 
-def _failed_path(error: BaseException) -> str:
+def _failed_path(error: BaseException, workdir: str) -> str:
+  """The file whose write failed: the OS error's own, else the last workdir path in a text.
+
+  Texts are only searched for paths inside the workdir: an error's context chain can carry
+  other paths (a source location, an escaped fragment of JSON) that no run ever wrote.
+  """
+  root = os.path.abspath(workdir)
   for e in causes(error):
     if isinstance(e, OSError) and e.filename:
       return str(e.filename)
-    paths = _PATH.findall(str(e))
-    if paths:
-      return paths[-1]
+    inside = [p for p in _PATH.findall(str(e))
+              if os.path.commonpath([root, os.path.abspath(p)]) == root]
+    if inside:
+      return inside[-1]
   return "a file in the workdir"
 
 
@@ -65,7 +74,11 @@ def committed_steps(checkpoint_dir: str) -> list[int]:
 
 
 def full_error(error: BaseException, checkpoint_dir: str) -> StorageFullError:
-  """The one-line error a run stops with when ``error`` is :func:`out_of_space`."""
+  """The one-line error a run stops with when ``error`` is :func:`out_of_space`.
+
+  ``checkpoint_dir`` is the run's ``<workdir>/checkpoints``; the failed write is named only
+  from the OS error or from a path inside the workdir.
+  """
   cause = next((e for e in causes(error) if isinstance(e, OSError) and e.errno), None)
   reason = os.strerror(cause.errno) if cause is not None else "no space left"
   if cause is None:
@@ -78,5 +91,5 @@ def full_error(error: BaseException, checkpoint_dir: str) -> StorageFullError:
           " same command to start again")
   return StorageFullError(
       errno.ENOSPC, f"Out of disk space (or over a quota or file-size limit: {reason}) while"
-      f" writing {_failed_path(error)}: {kept}.")
+      f" writing {_failed_path(error, os.path.dirname(checkpoint_dir))}: {kept}.")
 

@@ -52,13 +52,33 @@ def test_the_error_names_the_newest_complete_checkpoint(tmp_path):
   ckpts = tmp_path / "checkpoints"
   for name in ("2", "4", "6.orbax-checkpoint-tmp"):  # 6 was being written: not complete.
     (ckpts / name).mkdir(parents=True)
-  error = storage.full_error(ValueError(TENSORSTORE_EFBIG), str(ckpts))
+  text = TENSORSTORE_EFBIG.replace('"/w/', f'"{tmp_path}/')
+  error = storage.full_error(ValueError(text), str(ckpts))
   assert isinstance(error, OSError) and error.errno == errno.ENOSPC
   message = error.strerror
   assert "File too large" in message
-  assert "writing /w/checkpoints/4.orbax-checkpoint-tmp/" in message
+  # The last path in the text: the file whose write failed.
+  assert f"writing {ckpts}/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/90e2:"\
+      in message
   assert "the newest complete checkpoint, step 4, is intact" in message
   assert "steps [2, 4]" in message and "re-run the same command" in message
+
+
+@pytest.mark.parametrize("junk", [
+    "[source locations='tensorstore/kvstore/file/file_key_value_store.cc:406']",  # Not a path.
+    '{\\"path\\":\\"/\\"}',  # Escaped JSON: a lone "/" before a backslash.
+    "/etc/hosts",  # A path, but outside the workdir: no run of ours wrote it.
+])
+def test_the_error_names_no_path_outside_the_workdir(tmp_path, junk):
+  """An error text (or one in its context chain) may quote what is not the failed write."""
+  try:
+    try:
+      raise KeyError(junk)  # Handled earlier, left in the context chain.
+    except KeyError:
+      raise ValueError(f"OUT_OF_RANGE: write failed {junk} [os_error_code='27']")
+  except ValueError as e:
+    error = storage.full_error(e, str(tmp_path / "checkpoints"))
+  assert "while writing a file in the workdir: no checkpoint" in error.strerror, error.strerror
 
 
 def test_the_error_says_when_no_checkpoint_was_complete(tmp_path):
