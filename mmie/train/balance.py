@@ -79,11 +79,15 @@ def assign_groups(groups: Mapping[str, str], tree: Any) -> dict[str, list[str]]:
 
 
 def balance_modalities(groups: Mapping[str, str], min_scale: float = 0.5,
-                       max_scale: float = 2.0) -> optax.GradientTransformation:
+                       max_scale: float = 2.0, *, check_on_init: bool = True
+                       ) -> optax.GradientTransformation:
   """Scales each group's gradients by ``clip(mean_norm / group_norm, min_scale, max_scale)``.
 
   ``groups`` maps a group name to a regex on parameter paths, e.g.
   ``{'image': r'image/.*|image_projection/.*', 'text': r'text/.*|text_projection/.*'}``.
+  ``init`` checks the groups against the parameters it is given, unless ``check_on_init`` is
+  False: under parameter rules it sees only the trainable ones, and a group whose parameters
+  are all frozen is valid (it is inactive), so the caller checks the whole tree instead.
   """
   compiled = _compile_groups(groups)  # Fail at construction, not inside a trace.
   for key, value in (("min_scale", min_scale), ("max_scale", max_scale)):
@@ -95,7 +99,8 @@ def balance_modalities(groups: Mapping[str, str], min_scale: float = 0.5,
   groups = dict(groups)
 
   def init(params: Any) -> optax.EmptyState:
-    assign_groups(groups, params)  # Checks the regexes against the real parameter names.
+    if check_on_init:
+      assign_groups(groups, params)  # Checks the regexes against the real parameter names.
     return optax.EmptyState()
 
   def update(updates: Any, state: optax.EmptyState, params: Any = None):
@@ -119,8 +124,13 @@ def balance_modalities(groups: Mapping[str, str], min_scale: float = 0.5,
   return optax.GradientTransformation(init, update)
 
 
-def from_config(spec: Mapping[str, Any] | None) -> optax.GradientTransformation | None:
-  """``config.train.balance_modalities`` ({groups, min_scale, max_scale}) -> transform or None."""
+def from_config(spec: Mapping[str, Any] | None, params: Any = None
+                ) -> optax.GradientTransformation | None:
+  """``config.train.balance_modalities`` ({groups, min_scale, max_scale}) -> transform or None.
+
+  With ``params`` (arrays or shapes of the whole model) the groups are checked against them
+  now, not at ``init``.
+  """
   if not spec:
     return None
   spec = dict(spec.items())
@@ -134,5 +144,8 @@ def from_config(spec: Mapping[str, Any] | None) -> optax.GradientTransformation 
                       " 'text/.*|text_projection/.*'}.")
   groups = spec["groups"]
   groups = dict(groups.items()) if hasattr(groups, "items") else groups
+  if params is not None:
+    assign_groups(groups, params)
   return balance_modalities(groups, min_scale=spec.get("min_scale", 0.5),
-                            max_scale=spec.get("max_scale", 2.0))
+                            max_scale=spec.get("max_scale", 2.0),
+                            check_on_init=params is None)

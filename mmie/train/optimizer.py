@@ -48,11 +48,13 @@ def build_optimizer(opt_config: Any, total_steps: int, params: Any,
   schedule = build_schedule(opt_config, total_steps)
   core = _named_optimizer(opt_config, schedule)
   rules = param_rules_lib.parse_rules(param_rules)
-  tx = param_rules_lib.apply_rules(core, rules, params, opt_config.get("grad_clip_norm", None))
-  balancer = balance_lib.from_config(balance)  # config.train.balance_modalities, or None.
-  if balancer is not None:  # Frozen grads zeroed first so they count in no group's norm.
-    frozen = jax.tree.map(lambda t: not t, param_rules_lib.trainable_mask(rules, params))
-    tx = optax.chain(optax.masked(optax.set_to_zero(), frozen), balancer, tx)
+  clip_norm = opt_config.get("grad_clip_norm", None)
+  balancer = balance_lib.from_config(balance, params)  # config.train.balance_modalities.
+  # Balancing, then clipping: both over the trainable parameters together.
+  across = [balancer] if balancer is not None else []
+  if clip_norm:
+    across.append(optax.clip_by_global_norm(clip_norm))
+  tx = param_rules_lib.apply_rules(core, rules, params, across)
   return tx, schedule
 
 

@@ -21,6 +21,7 @@ from mmie.config import ConfigError
 from mmie.sharding import path_name
 
 FROZEN = "frozen"
+TRAINABLE = "trainable"
 Rule = tuple[str, str | float]
 
 
@@ -76,29 +77,33 @@ def assign(rules: Sequence[Rule], params: Any) -> Any:
 
 
 def apply_rules(tx: optax.GradientTransformation, rules: Sequence[Rule], params: Any,
-                clip_norm: float | None = None) -> optax.GradientTransformation:
+                across: Sequence[optax.GradientTransformation] = ()
+                ) -> optax.GradientTransformation:
   """``tx`` under the rules: frozen parameters get zero updates, others their LR multiplier.
 
-  Frozen gradients are zeroed first, so they count neither in global-norm clipping (applied
-  once, across all trainable parameters) nor in any optimizer state: only trainable
-  parameters carry moments.
+  The optimizer freezes in one place: the parameters are split into a frozen partition (its
+  update is zero, and it carries no optimizer state, so no moments and no weight decay) and
+  a trainable one. ``across`` (global-norm clipping, modality balancing) runs on the
+  trainable partition as a whole, so frozen gradients count in no norm; then ``tx`` runs,
+  scaled per LR label. (The train step also feeds frozen parameters through
+  ``stop_gradient``: that is not a second freeze but the saved backward pass.)
   """
-  clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
   labels = assign(rules, params)
   settings = {_label(s): s for _, s in rules}
-  if set(settings) == {"lr_x1"}:
-    return optax.chain(*clip, tx)
-  transforms = {}
-  for label, setting in settings.items():
-    if setting == FROZEN:
-      transforms[label] = optax.set_to_zero()
-    elif setting == 1.0:
-      transforms[label] = tx
-    else:
-      transforms[label] = optax.chain(tx, optax.scale(setting))
-  frozen_mask = jax.tree.map(lambda l: l == FROZEN, labels)
-  return optax.chain(optax.masked(optax.set_to_zero(), frozen_mask), *clip,
-                     optax.multi_transform(transforms, labels))
+  scaled = {label: tx if setting == 1.0 else optax.chain(tx, optax.scale(setting))
+            for label, setting in settings.items() if setting != FROZEN}
+  if set(scaled) == {"lr_x1"}:
+    per_label = tx
+  else:  # Labels by parameter path: the trainable partition's tree has the frozen masked out.
+    by_name = {path_name(path): label
+               for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]}
+    per_label = optax.multi_transform(scaled, lambda tree: jax.tree_util.tree_map_with_path(
+        lambda path, _: by_name[path_name(path)], tree))
+  trainable = optax.chain(*across, per_label)
+  if FROZEN not in settings:
+    return trainable
+  partition = jax.tree.map(lambda label: FROZEN if label == FROZEN else TRAINABLE, labels)
+  return optax.multi_transform({FROZEN: optax.set_to_zero(), TRAINABLE: trainable}, partition)
 
 
 def trainable_mask(rules: Sequence[Rule], params: Any) -> Any:

@@ -157,8 +157,8 @@ def build_stage(run: Run, stage: stages_lib.Stage) -> StageRun:
     raise
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ConfigError(f"config.{loss_key}={_describe(stage.loss)} does not fit the outputs of"
-                      f" task={run.task.name!r} with this model: {type(e).__name__}: {error_text(e)}"
-                      ) from e
+                      f" task={run.task.name!r} with this model:"
+                      f" {type(e).__name__}: {error_text(e)}") from e
   stage_run.state_shardings = _state_shardings(run, abstract)
   return stage_run
 
