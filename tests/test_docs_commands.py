@@ -61,6 +61,7 @@ SMALL_FLAGS = {  # Script -> flags appended so that it finishes in seconds.
     "scripts/benchmark.py": ["--batch=8", "--steps=1", "--warmup=0", "--rounds=1"],
     "scripts/bench_losses.py": ["--batches=256", "--dim=16", "--block-size=64", "--repeats=1"],
     "scripts/bench_data.py": ["--sources=emoji"],
+    "scripts/bench_eval.py": ["--copies=1", "--rounds=1", "--batch-sizes=16"],
     "scripts/explain.py": ["--examples=0", "--ig_steps=2"],
     "scripts/build_emoji_data.py": ["--package=$PACKAGE", "--out=$RUNS/emoji_rebuilt"],
     # The plot goes under the runs folder, never over the README's image.

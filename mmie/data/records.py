@@ -110,7 +110,8 @@ class LazyImages:
   for the rows of this host's devices alone, so on a pod every host decodes only its share of
   the evaluation split, as it reads only its share of the training data. ``window(start,
   size)`` is a lazy view of ``size`` rows from ``start``, the last row repeated past the end
-  (the padding of a final partial batch). ``np.asarray`` decodes every row.
+  (the padding of a final partial batch); ``take(positions)`` one of any rows. ``np.asarray``
+  decodes every row.
   """
 
   def __init__(self, records: Records, normalise: Callable[[np.ndarray], np.ndarray],
@@ -131,7 +132,10 @@ class LazyImages:
   def window(self, start: int, size: int) -> "LazyImages":
     if not len(self._rows):
       raise ValueError("an empty image column has no window.")
-    positions = np.minimum(np.arange(start, start + size), len(self._rows) - 1)
+    return self.take(np.minimum(np.arange(start, start + size), len(self._rows) - 1))
+
+  def take(self, positions: np.ndarray) -> "LazyImages":
+    """A lazy view of the rows at ``positions`` (in order, repeats allowed)."""
     return type(self)(self._records, self._normalise, self._row_shape, self._rows[positions])
 
   def __getitem__(self, index: Any) -> np.ndarray:

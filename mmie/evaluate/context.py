@@ -16,6 +16,7 @@ captions) are read whole, and every host computes the same metrics.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,9 @@ from mmie.models import layers
 SplitLoader = Callable[[str], dict[str, Any]]
 PromptEncoder = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 Decoder = Callable[[Sequence[int]], str]
+# Batches dispatched ahead of the one being read back: the host prepares the next batch while
+# the devices compute this one; two bound the device memory held by waiting outputs.
+_IN_FLIGHT = 2
 
 
 def apply_in_batches(fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
@@ -43,7 +47,7 @@ def apply_in_batches(fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
   """
   if batch_size < 1:
     raise ValueError(f"apply_in_batches: batch_size={batch_size} must be >= 1.")
-  outputs = []
+  outputs, pending = [], collections.deque()
   for start in range(0, inputs.shape[0], batch_size):
     pad = max(0, start + batch_size - inputs.shape[0])
     if isinstance(inputs, LazyImages):  # Stays lazy: EvalContext.jit decodes local rows only.
@@ -52,7 +56,12 @@ def apply_in_batches(fn: Callable[[np.ndarray], jax.Array], inputs: np.ndarray,
       chunk = inputs[start:start + batch_size]
       if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)], axis=0)
-    outputs.append(np.asarray(fn(chunk))[:batch_size - pad])
+    # Dispatched, not waited for: the next batch is read (and decoded) while this one runs.
+    pending.append((fn(chunk), batch_size - pad))
+    if len(pending) > _IN_FLIGHT:
+      out, keep = pending.popleft()
+      outputs.append(np.asarray(out)[:keep])
+  outputs.extend(np.asarray(out)[:keep] for out, keep in pending)
   return np.concatenate(outputs, axis=0).astype(np.float32)
 
 

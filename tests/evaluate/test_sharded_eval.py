@@ -89,3 +89,25 @@ def test_each_device_decodes_only_its_own_rows_of_a_lazy_image_column():
   np.testing.assert_array_equal(out[:, 0], np.arange(16) * 48.0)
   blocks = sorted(column.asked)
   assert blocks == [[2 * d, 2 * d + 1] for d in range(8)], blocks  # 16 rows over 8 devices.
+
+
+@pytest.mark.parametrize("rows", [1, 16, 37])
+def test_batches_in_flight_come_back_in_order_without_the_padding(rows):
+  """Batches are dispatched ahead of being read back; the rows still come back once each, in
+  order, the last batch's padding dropped (37 rows: two full batches of 16, then 5)."""
+  inputs = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+  calls = []
+  double = jax.jit(lambda x: x * 2.0)
+
+  def fn(x):
+    calls.append(x.shape[0])
+    return double(x)
+
+  out = apply_in_batches(fn, inputs, batch_size=16)
+  np.testing.assert_array_equal(out, inputs * 2.0)
+  assert calls == [16] * -(-rows // 16)  # One shape compiled: the last batch padded to 16.
+  lazy = LazyImages(Records(list(range(rows)), lambda r: {"image": np.full((2, 2, 1), r, np.uint8)},
+                            cache=True), lambda x: x.astype(np.float32), (2, 2, 1))
+  sums = apply_in_batches(lambda x: jax.jit(lambda y: y.sum(axis=(1, 2, 3)))(np.asarray(x))
+                          [:, None], lazy, batch_size=16)
+  np.testing.assert_array_equal(sums[:, 0], np.arange(rows) * 4.0)
