@@ -5,12 +5,16 @@
 
 Peak memory is what XLA plans for the compiled value-and-grad (``memory_analysis()``:
 temporaries + arguments + outputs), so it is exact for the program and needs no run. Time is
-the median wall clock of ``--repeats`` runs after one warm-up, on whatever backend JAX picks.
+the median wall clock of ``--repeats`` runs after one warm-up, on whatever backend JAX picks;
+a form whose plan exceeds ``--run-below-gib`` (half the machine's memory by default) is
+compiled for its memory figure but not run ("-").
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import sys
 import time
@@ -59,6 +63,10 @@ def _seconds(compiled, batch: int, dim: int, repeats: int) -> float:
   return statistics.median(times)
 
 
+def _half_the_memory_gib() -> float:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**31
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--heads", default="clip,siglip")
@@ -67,23 +75,29 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--block-size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--no-time", action="store_true", help="memory only (compile, no run)")
+  parser.add_argument("--run-below-gib", type=float, default=_half_the_memory_gib(),
+                      help="run (time) a form only if XLA plans less memory than this")
   args = parser.parse_args(argv)
 
   print(f"backend: {jax.default_backend()} ({jax.device_count()} device(s)), dim {args.dim}, "
         f"chunked block_size {args.block_size}, value_and_grad in float32")
-  print("| head | batch | dense MiB | chunked MiB | chunked/dense | dense s | chunked s |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  print("| head | batch | dense MiB | chunked MiB | chunked/dense | dense s | chunked s |"
+        " time chunked/dense |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for head in args.heads.split(","):
     for batch in (int(b) for b in args.batches.split(",")):
       row = {}
       for mode, block in (("dense", None), ("chunked", args.block_size)):
         compiled = _compiled(head, batch, args.dim, block)
-        row[mode] = (_peak_bytes(compiled) / 2**20,
-                     float("nan") if args.no_time else _seconds(compiled, batch, args.dim,
-                                                                args.repeats))
+        mib = _peak_bytes(compiled) / 2**20
+        fits = mib / 1024 < args.run_below_gib
+        row[mode] = (mib, _seconds(compiled, batch, args.dim, args.repeats)
+                     if fits and not args.no_time else math.nan)
+        del compiled
       (dm, dt), (cm, ct) = row["dense"], row["chunked"]
-      print(f"| {head} | {batch} | {dm:,.0f} | {cm:,.0f} | {cm / dm:.3f} | {dt:.3f} | {ct:.3f} |",
-            flush=True)
+      show = lambda t: "-" if math.isnan(t) else f"{t:.3f}"
+      print(f"| {head} | {batch} | {dm:,.0f} | {cm:,.0f} | {cm / dm:.3f} | {show(dt)} |"
+            f" {show(ct)} | {show(ct / dt)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from mmie.losses import distributed as dist
 from mmie.losses.pairwise import (Candidates, HardNegatives, Ids, check_negatives,
-                                  info_nce_rows, sigmoid_rows)
+                                  info_nce_rows, sigmoid_rows, symmetric_info_nce_rows)
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -93,10 +93,18 @@ def clip(image_emb: Array, text_emb: Array, *, logit_scale: Array | float,
                            candidate_valid=ok, label_smoothing=label_smoothing,
                            hard=hard_negatives, block_size=block_size)
 
-    text_keys = text_emb if text_emb_keys is None else text_emb_keys
-    image_keys = image_emb if image_emb_keys is None else image_emb_keys
-    i2t = direction(image_emb, text_keys, text_emb_queue, text_emb_queue_valid)
-    t2i = direction(text_emb, image_keys, image_emb_queue, image_emb_queue_valid)
+    plain = (axis is None and hard_negatives is None and image_emb_keys is None
+             and text_emb_keys is None and image_emb_queue is None and text_emb_queue is None)
+    if plain:  # t2i is i2t's transpose: one pass over one logit matrix gives both.
+      labels = jnp.arange(n)
+      i2t, t2i = symmetric_info_nce_rows(image_emb, labels, text_emb, labels,
+                                         scale=logit_scale, label_smoothing=label_smoothing,
+                                         block_size=block_size)
+    else:
+      text_keys = text_emb if text_emb_keys is None else text_emb_keys
+      image_keys = image_emb if image_emb_keys is None else image_emb_keys
+      i2t = direction(image_emb, text_keys, text_emb_queue, text_emb_queue_valid)
+      t2i = direction(text_emb, image_keys, image_emb_queue, image_emb_queue_valid)
     i2t_loss, t2i_loss = dist.mean(i2t.loss, axis), dist.mean(t2i.loss, axis)
     loss = 0.5 * (i2t_loss + t2i_loss)
     return loss, {"loss": loss, "i2t_loss": i2t_loss, "t2i_loss": t2i_loss,
@@ -186,8 +194,8 @@ def _two_view(z_a: Array, z_b: Array, temperature: Array | float, *, decoupled: 
 
 
 def ntxent(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
-           negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
-           axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
+           negatives: Negatives = None, hard_negatives: HardNegatives | None = None,
+           block_size: int | None = None, axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """SimCLR's NT-Xent (Chen et al. 2020): cosine similarity over 2N views, 2N-2 negatives.
 
   Mean over the 2N anchors of ``-log e^{s_ij/t} / sum_{k != i} e^{s_ik/t}``.
@@ -197,8 +205,8 @@ def ntxent(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
 
 
 def dcl(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
-        negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
-        axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
+        negatives: Negatives = None, hard_negatives: HardNegatives | None = None,
+        block_size: int | None = None, axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """Decoupled contrastive loss (Yeh et al. 2022): the positive leaves the denominator.
 
   Mean over the 2N anchors of ``-s_ij/t + log sum_{k not in {i, j}} e^{s_ik/t}`` (the
@@ -209,8 +217,8 @@ def dcl(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1,
 
 
 def dclw(z_a: Array, z_b: Array, *, temperature: Array | float = 0.1, sigma: float = 0.5,
-         negatives: Negatives = None, hard_negatives: HardNegatives | None = None, block_size: int | None = None,
-         axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
+         negatives: Negatives = None, hard_negatives: HardNegatives | None = None,
+         block_size: int | None = None, axis_name: dist.AxisName = None) -> tuple[Array, Metrics]:
   """DCL with von Mises-Fisher weighting of the positive term (Yeh et al. 2022).
 
   The positive term of pair i is scaled by ``2 - N softmax_i(s_ii / sigma)`` over the batch.

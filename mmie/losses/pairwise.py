@@ -167,6 +167,14 @@ def _info_nce_block(a: Array, a_ids: Ids, weight: Array, c: Array, c_ids: Ids, c
   s = scale * (a @ c.T)
   allowed = c_valid[None, :] & (a_ids.instance[:, None] != c_ids.instance[None, :])
   pos = allowed & (a_ids.label[:, None] == c_ids.label[None, :])
+  return _info_nce_from_logits(s, allowed, pos, weight, scale, decoupled=decoupled,
+                               label_smoothing=label_smoothing, hard=hard)
+
+
+def _info_nce_from_logits(s: Array, allowed: Array, pos: Array, weight: Array, scale: Array, *,
+                          decoupled: bool, label_smoothing: float | Array,
+                          hard: HardNegatives | None) -> RowStats:
+  """InfoNCE rows from their logits ``s`` and the allowed and positive candidates."""
   neg = allowed & ~pos
   count = jnp.sum(pos, axis=-1)
   pos_mean = jnp.sum(jnp.where(pos, s, 0.0), axis=-1) / jnp.maximum(count, 1).astype(s.dtype)
@@ -214,6 +222,60 @@ def info_nce_rows(anchors: Array, anchor_ids: Ids, candidates: Array, candidate_
                         block_size)
 
 
+class _ColumnPartials(NamedTuple):
+  """One block's contribution to each candidate's column: what sums (or maxes) over blocks."""
+
+  lse: Array        # log-sum-exp of the column's logits over the block's rows
+  pos_sum: Array    # sum of its positive logits
+  pos_count: Array  # number of its positives
+  total: Array      # sum of all its logits (the label-smoothing target)
+  best_pos: Array   # largest positive logit (no gradient): top-1 accuracy
+  best_neg: Array   # largest negative logit (no gradient)
+
+
+def symmetric_info_nce_rows(a: Array, a_label: Array, c: Array, c_label: Array, *,
+                            scale: Array, label_smoothing: float | Array = 0.0,
+                            block_size: int | None = None) -> tuple[RowStats, RowStats]:
+  """Both directions of a symmetric InfoNCE (CLIP's) from one pass over ``scale * a @ c.T``.
+
+  Every pair is allowed and ``a_label == c_label`` marks the positives. The rows give the
+  ``a -> c`` InfoNCE as :func:`info_nce_rows` would; the columns give ``c -> a``, from per-block
+  column partials combined after the blocks (log-sum-exp of log-sum-exps, sums, maxima). One
+  logit matrix serves both directions, so the forward pass makes one ``a @ c.T`` instead of
+  two, and a chunked backward recomputes each block once, not once per direction.
+  """
+  n = a.shape[0]
+
+  def block(rows):
+    x, lab, real = rows  # `real` is False on the padding rows of the last block
+    s = scale * (x @ c.T)
+    pos = lab[:, None] == c_label[None, :]
+    everyone = jnp.ones_like(pos)
+    row = _info_nce_from_logits(s, everyone, pos, jnp.ones((), s.dtype), scale,
+                                decoupled=False, label_smoothing=label_smoothing, hard=None)
+    in_block = real[:, None]
+    col_pos = pos & in_block
+    s_stop = jax.lax.stop_gradient(s)
+    return row, _ColumnPartials(
+        masked_lse(s, in_block, axis=0), jnp.sum(jnp.where(col_pos, s, 0.0), axis=0),
+        jnp.sum(col_pos, axis=0), jnp.sum(jnp.where(in_block, s, 0.0), axis=0),
+        jnp.max(jnp.where(col_pos, s_stop, -jnp.inf), axis=0),
+        jnp.max(jnp.where(in_block & ~pos, s_stop, -jnp.inf), axis=0))
+
+  def combine(parts: _ColumnPartials) -> _ColumnPartials:  # [blocks, columns] -> [columns]
+    return _ColumnPartials(jax.nn.logsumexp(parts.lse, axis=0), jnp.sum(parts.pos_sum, 0),
+                           jnp.sum(parts.pos_count, 0), jnp.sum(parts.total, 0),
+                           jnp.max(parts.best_pos, 0), jnp.max(parts.best_neg, 0))
+
+  rows, cols = map_row_blocks(block, (a, a_label, jnp.ones(n, bool)), block_size,
+                              reduce_columns=combine)
+  dtype = cols.total.dtype
+  target = cols.pos_sum / jnp.maximum(cols.pos_count, 1).astype(dtype)
+  if not _is_zero(label_smoothing):
+    target = (1.0 - label_smoothing) * target + label_smoothing * cols.total / n
+  return rows, RowStats(cols.lse - target, cols.best_pos > cols.best_neg, cols.pos_count)
+
+
 class SigmoidStats(NamedTuple):
   loss: Array          # [rows] sum over candidates of -log sigmoid(z * logit)
   correct: Array       # [rows] row top-1 is the positive
@@ -243,21 +305,27 @@ def sigmoid_rows(anchors: Array, anchor_label: Array, candidates: Array, candida
   c_t = candidates.T
   (loss, correct), (col_pos, col_neg) = map_row_blocks(
       block, (anchors, anchor_label, jnp.ones(anchors.shape[0], bool)), block_size,
-      reduce_max=True)
+      reduce_columns=lambda maxima: jax.tree.map(lambda m: jnp.max(m, axis=0), maxima))
   return SigmoidStats(loss, correct, col_pos, col_neg)
 
 
 def map_row_blocks(block: Callable, rows: tuple[Array, ...], block_size: int | None, *,
-                   reduce_max: bool = False):
+                   reduce_columns: Callable | None = None):
   """Applies ``block`` to all rows at once, or to blocks of rows under a rematerialised scan.
 
-  ``block`` returns per-row outputs, or, with ``reduce_max``, ``(per_row, per_column)`` where
-  the per-column outputs are combined across blocks by maximum. Rows are padded to a multiple
-  of ``block_size``; padded rows are sliced off, so they add neither value nor gradient.
+  ``block`` returns per-row outputs, or, with ``reduce_columns``, ``(per_row, per_column)``:
+  the per-column outputs of every block are stacked on a leading axis and
+  ``reduce_columns`` combines them (the dense form is one block). Rows are padded to a
+  multiple of ``block_size``; padded rows are sliced off, so they add neither value nor
+  gradient to the rows (a block that emits per-column outputs masks them itself).
   """
   n = rows[0].shape[0]
   if block_size is None or block_size >= n:
-    return block(rows)
+    out = block(rows)
+    if reduce_columns is None:
+      return out
+    per_row, per_col = out
+    return per_row, reduce_columns(jax.tree.map(lambda c: c[None], per_col))
   if block_size < 1:
     raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
   nb = -(-n // block_size)
@@ -267,9 +335,9 @@ def map_row_blocks(block: Callable, rows: tuple[Array, ...], block_size: int | N
   body_fn = jax.checkpoint(block)
 
   _, out = jax.lax.scan(lambda carry, x: (carry, body_fn(x)), None, blocked)
-  if reduce_max:  # per-block column maxima are tiny ([blocks, columns]): reduce after the scan
+  if reduce_columns is not None:  # per-block column outputs are [blocks, columns]: small
     per_row, per_col = out
-    return _unblock(per_row, n), jax.tree.map(lambda c: jnp.max(c, axis=0), per_col)
+    return _unblock(per_row, n), reduce_columns(per_col)
   return _unblock(out, n)
 
 
