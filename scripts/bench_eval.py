@@ -8,8 +8,8 @@ jitted ``encode_image`` / ``encode_text`` on the run's mesh, padded to one shape
 times exactly that path on the config's validation split repeated ``--copies`` times, with
 freshly initialised parameters (throughput does not depend on what was learned):
 
-  image/s, text/s    embeddings per second, warm (the compile is timed apart, once per
-                     batch size), the median of ``--rounds``;
+  image/s, text/s    embeddings per second, warm, the median of ``--rounds``; the first
+                     call's extra seconds (the compile, the split's first decoding) apart;
   evaluation s       one call of every evaluator the config runs (``config.evals`` or the
                      task's defaults: retrieval, zero-shot, representation metrics) on the
                      split as it is, warm;
@@ -54,7 +54,7 @@ def _fresh(params: Any) -> Any:
 def measure(config: Any, batch_sizes: list[int], copies: int, rounds: int) -> list[dict]:
   run = setup.build_run(config)
   split = config.data.get("eval_split", "validation")  # What the default evaluators read.
-  params = jax.jit(lambda: run.model.init(jax.random.PRNGKey(0), *_dummy(run))["params"])()
+  params = setup.init_state(run, setup.build_stage(run, run.stages[0])).params
   ctx = EvalContext(config, run.model, mesh=run.mesh)
   rows = []
   for kind in ("image", "text"):
@@ -84,13 +84,6 @@ def measure(config: Any, batch_sizes: list[int], copies: int, rounds: int) -> li
                  "rows": len(ctx.split(split)["image"]), "compile_s": float("nan"),
                  "seconds": statistics.median(times), "per_s": float("nan")})
   return rows
-
-
-def _dummy(run: setup.Run) -> tuple[np.ndarray, np.ndarray]:
-  image = run.config.model.image
-  side = image.image_size
-  return (np.zeros((1, side, side, image.get("channels", 3)), np.float32),
-          np.zeros((1, run.config.model.text.context_length), np.int32))
 
 
 def main() -> None:
