@@ -12,6 +12,11 @@ gives milliseconds per step per category, summed over events: the runtime runs i
 instructions on several threads at once, so the sum can exceed the step's wall time, which is
 printed beside it. Control-flow containers (``conditional``, ``while``, ``call``) are left out,
 their bodies' instructions are counted. ``--top`` lists the slowest instructions.
+
+A second table counts the optimised HLO itself, what XLA compile time grows with: the
+instructions and fusions of each implementation by the named scope they come from (a
+fusion belongs to the scope of the first instruction it fuses; ``unnamed`` are parameters,
+tuples and constants), beside the measured compile seconds.
 """
 
 from __future__ import annotations
@@ -232,6 +237,40 @@ def format_table(arch_name: str, batch: int, profiles: list[Profile]) -> str:
   return "\n".join(lines)
 
 
+def hlo_scope(instruction: Instruction) -> str:
+  """The named scope of the step an optimised-HLO instruction comes from, or model/unnamed."""
+  for op_name in instruction.op_names[:1]:
+    for category, pattern in SCOPE_CATEGORIES:
+      if re.search(pattern, op_name):
+        return category
+    return "model (forward and backward)"
+  return "unnamed (parameters, tuples, constants)"
+
+
+def format_hlo_counts(prepared: list[tuple[Any, dict[str, Instruction]]]) -> str:
+  """Instructions and fusions of each compiled step by scope, and its compile seconds."""
+  counts = []
+  for timed, table in prepared:
+    by_scope: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for instruction in table.values():
+      cell = by_scope[hlo_scope(instruction)]
+      cell[0] += 1
+      cell[1] += instruction.opcode == "fusion"
+    counts.append((timed, by_scope))
+  scopes = sorted({s for _, c in counts for s in c}, key=lambda s: -counts[0][1][s][0])
+  lines = ["| scope | " + " | ".join(f"{t.name} instructions | fusions" for t, _ in counts)
+           + " |", "|---|" + "---:|---:|" * len(counts)]
+  for scope in scopes:
+    lines.append(f"| {scope} | " + " | ".join(
+        f"{c[scope][0]:,} | {c[scope][1]:,}" for _, c in counts) + " |")
+  lines.append("| **all** | " + " | ".join(
+      f"{sum(v[0] for v in c.values()):,} | {sum(v[1] for v in c.values()):,}"
+      for _, c in counts) + " |")
+  lines.append("| compile s (lower + XLA) | " + " | ".join(
+      f"{t.compile_seconds:.2f} | " for t, _ in counts) + " |")
+  return "\n".join(lines)
+
+
 def format_top(profile_: Profile) -> Iterable[str]:
   yield f"\nslowest instructions of {profile_.name} (ms/step, category):"
   for ms, name, category in profile_.top:
@@ -255,6 +294,7 @@ def main(argv):
       prepared = [prepare(impl, arch_name, batch) for impl in _IMPL.value]
       profiles = [profile(timed, table) for timed, table in prepared]
       print(format_table(arch_name, batch, profiles), flush=True)
+      print("\noptimised HLO by scope:\n\n" + format_hlo_counts(prepared), flush=True)
       for p in profiles:
         if p.top:
           print("\n".join(format_top(p)))
