@@ -10,7 +10,9 @@ folder with ``main.py`` and is then evaluated with ``main.py --workdir=RUN --mod
 --eval_data="folder(...)"`` on the held-out folder, with the run's own config and tokenizer.
 One markdown row per variant: held-out Recall@1 and @5 (mean of image->text and
 text->image), the chance level, the in-run validation Recall@5 at the last step (5% of the
-training folder's emoji, held out of training by hash), steps and wall time. Rows are also
+training folder's emoji, held out of training by hash), steps and wall time, and held-out
+Recall@5 split between names made of words some training name has and names with a word
+none has (``novelty_recall``). Rows are also
 appended to ``OUT/results.jsonl``; a variant whose row and run directory OUT already holds
 is not run again (delete ``OUT/NAME`` to re-run it), so one more variant or a plot costs only
 its own runs.
@@ -68,12 +70,19 @@ VARIANTS: dict[str, list[str]] = {
                         "--config.model.text.dropout_rate=0.1"],
     "default_ema": ["--config.train.ema_decay=0.99", "--config.train.evaluate_ema=True"],
     "default_1500": ["--config.total_steps=1500"],
+    # The embedded pictures are 32x32: 64 only upsamples them (same 64 patches of 8x8).
+    "default_64px": ["--config.model.image.image_size=64", "--config.model.image.patch_size=8"],
+    "default_queue": ["--config.loss.transforms=(\"memory_queue(size=1024)\",)"],
     "default_wide_800": ["--config.total_steps=800", "--config.model.image.width=96",
                          "--config.model.image.mlp_dim=384", "--config.model.embed_dim=128"],
     # LiT: the locked MiniLM text tower (configs/lit_minilm.py inherits the default's crop
     # and steps); `lit_500` is it before issue 16's settings.
     "lit_minilm": LIT,
     "lit_embed_128": LIT + ["--config.model.embed_dim=128"],
+    "lit_locked_text_projection": LIT + [
+        "--config.model.embed_dim=384",
+        "--config.param_rules=((\"text/.*|text_projection/.*\",\"frozen\"),(\"(?!text).*\",1.0))"],
+    "lit_queue": LIT + ["--config.loss.transforms=(\"memory_queue(size=1024)\",)"],
     "lit_500": LIT + ["--config.data.augment.random_resized_crop=False",
                       "--config.total_steps=500", "--config.eval_every=250"],
 }
@@ -130,6 +139,9 @@ def _earlier_row(name: str, out: str) -> dict | None:
 def run_variant(name: str, train: str, heldout: str, out: str) -> dict:
   """Trains and evaluates variant ``name``, or returns its row if OUT already holds it."""
   earlier = _earlier_row(name, out)
+  if earlier is not None and "known_r5" not in earlier:  # Run before the novelty split.
+    earlier = {**earlier, **novelty_recall(os.path.join(out, name), heldout)}
+    _append_row(out, earlier)
   if earlier is not None:
     return earlier
   overrides = VARIANTS[name]
@@ -153,9 +165,59 @@ def run_variant(name: str, train: str, heldout: str, out: str) -> dict:
   n = sum(1 for _ in open(os.path.join(heldout, "captions.jsonl"), encoding="utf-8"))
   row = {"variant": name, "overrides": overrides, "config": config, "steps": steps,
          "wall_s": round(wall, 1), "heldout_r1": round(r1, 3), "heldout_r5": round(r5, 3),
-         "chance_r5": round(5 / n, 3), "val_r5": round(_recalls(last)[1], 3)}
+         "chance_r5": round(5 / n, 3), "val_r5": round(_recalls(last)[1], 3),
+         **novelty_recall(workdir, heldout)}
+  _append_row(out, row)
+  return row
+
+
+def _append_row(out: str, row: dict) -> None:
   with open(os.path.join(out, "results.jsonl"), "a", encoding="utf-8") as f:
     f.write(json.dumps(row) + "\n")
+
+
+def novelty_recall(workdir: str, heldout: str) -> dict:
+  """Held-out Recall@1/@5 of a trained run, split by whether the name is made of known tokens.
+
+  A held-out name is *known* when every one of its token ids (the run's own tokenizer)
+  occurs in some name the run trained on, *new* when one does not ("thinking face",
+  "burrito"). The ranks are the evaluation's own (``mmie.evaluate.retrieval``) over all
+  held-out emoji, only the queries are split: the row says how much of the gap is words
+  training never saw.
+  """
+  from mmie import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mmie.evaluate import context, retrieval  # pylint: disable=g-import-not-at-top
+  from mmie.train import trained  # pylint: disable=g-import-not-at-top
+
+  config, model, params, _ = trained.load_trained(workdir)
+  trained_on = context.EvalContext(config_lib.validate(config), model)  # The run's own rows.
+  known_ids = set(np.unique(trained_on.split(config.data.train_split)["text"]).tolist())
+  held = config_lib.validate(trained.evaluation_config(config, f"folder(path={heldout!r})",
+                                                       workdir))
+  ctx, split = context.EvalContext(held, model), held.data.eval_split
+  new = new_word_rows(ctx.split(split)["text"], known_ids)
+  images = ctx.split_embeddings(params, split, "image", 64)
+  texts = ctx.split_embeddings(params, split, "text", 64)
+  ids = np.arange(len(new), dtype=np.int32)
+  i2t = retrieval._ranks(images, texts, ids, ids, len(ids))  # pylint: disable=protected-access
+  t2i = retrieval._ranks(texts, images, ids, ids, len(ids))  # pylint: disable=protected-access
+  return group_recalls(i2t, t2i, new)
+
+
+def new_word_rows(tokens: np.ndarray, known_ids: set[int]) -> np.ndarray:
+  """True for each row of token ids [N, L] with an id outside ``known_ids``."""
+  return np.array([not set(row.tolist()) <= known_ids for row in np.asarray(tokens)])
+
+
+def group_recalls(i2t: np.ndarray, t2i: np.ndarray, new: np.ndarray) -> dict:
+  """Mean of image->text and text->image Recall@1/@5 (0-based ranks) of the ``known`` rows
+  and the ``new`` rows, with their counts."""
+  row = {}
+  for group, mask in (("known", ~new), ("new", new)):
+    row[f"{group}_n"] = int(mask.sum())
+    for k in (1, 5):
+      recall = (np.mean(i2t[mask] < k) + np.mean(t2i[mask] < k)) / 2 if mask.any() else 0.0
+      row[f"{group}_r{k}"] = round(float(recall), 3)
   return row
 
 
@@ -182,6 +244,11 @@ def plot_curves(out: str, names: list[str], path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+def _group_cell(row: dict, group: str) -> str:
+  """``R@5 (n)`` of a novelty group; ``-`` for a row written before the split existed."""
+  return f"{row[group + '_r5']:.3f} ({row[group + '_n']})" if group + "_r5" in row else "-"
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--variants", default="default", help=f"comma-separated: {list(VARIANTS)}")
@@ -197,14 +264,15 @@ def main() -> None:
   os.makedirs(args.out, exist_ok=True)
   train, heldout = write_split(os.path.join(args.out, "split"))
   extra = args.extra.split()
-  print("| variant | steps | wall s | held-out R@1 | held-out R@5 | chance R@5 | in-run val R@5 |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  print("| variant | steps | wall s | held-out R@1 | held-out R@5 | chance R@5 | in-run val R@5"
+        " | R@5, known words (n) | R@5, a new word (n) |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name in names:
     VARIANTS[name] = VARIANTS[name] + extra
     row = run_variant(name, train, heldout, args.out)
     print(f"| {name} | {row['steps']} | {row['wall_s']} | {row['heldout_r1']:.3f} | "
-          f"{row['heldout_r5']:.3f} | {row['chance_r5']:.3f} | {row['val_r5']:.3f} |",
-          flush=True)
+          f"{row['heldout_r5']:.3f} | {row['chance_r5']:.3f} | {row['val_r5']:.3f} | "
+          f"{_group_cell(row, 'known')} | {_group_cell(row, 'new')} |", flush=True)
   if args.plot:
     plot_curves(args.out, names, args.plot)
 
