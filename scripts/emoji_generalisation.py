@@ -12,10 +12,9 @@ One markdown row per variant: held-out Recall@1 and @5 (mean of image->text and
 text->image), the chance level, the in-run validation Recall@5 at the last step (5% of the
 training folder's emoji, held out of training by hash), steps and wall time, and held-out
 Recall@5 split between names made of words some training name has and names with a word
-none has (``novelty_recall``). Rows are also
-appended to ``OUT/results.jsonl``; a variant whose row and run directory OUT already holds
-is not run again (delete ``OUT/NAME`` to re-run it), so one more variant or a plot costs only
-its own runs.
+none has (``novelty_recall``). Rows are also appended to ``OUT/results.jsonl``; a variant
+whose row and run directory OUT already holds is not run again (delete ``OUT/NAME`` to
+re-run it), so one more variant or a plot costs only its own runs.
 Only the embedded set is used: the cross-style check stays blind.
 """
 
@@ -198,10 +197,7 @@ def novelty_recall(workdir: str, heldout: str) -> dict:
   new = new_word_rows(ctx.split(split)["text"], known_ids)
   images = ctx.split_embeddings(params, split, "image", 64)
   texts = ctx.split_embeddings(params, split, "text", 64)
-  ids = np.arange(len(new), dtype=np.int32)
-  i2t = retrieval._ranks(images, texts, ids, ids, len(ids))  # pylint: disable=protected-access
-  t2i = retrieval._ranks(texts, images, ids, ids, len(ids))  # pylint: disable=protected-access
-  return group_recalls(i2t, t2i, new)
+  return group_recalls(*retrieval.retrieval_ranks(images, texts), new)
 
 
 def new_word_rows(tokens: np.ndarray, known_ids: set[int]) -> np.ndarray:

@@ -239,12 +239,12 @@ def format_table(arch_name: str, batch: int, profiles: list[Profile]) -> str:
 
 def hlo_scope(instruction: Instruction) -> str:
   """The named scope of the step an optimised-HLO instruction comes from, or model/unnamed."""
-  for op_name in instruction.op_names[:1]:
-    for category, pattern in SCOPE_CATEGORIES:
-      if re.search(pattern, op_name):
-        return category
-    return "model (forward and backward)"
-  return "unnamed (parameters, tuples, constants)"
+  if not instruction.op_names:
+    return "unnamed (parameters, tuples, constants)"
+  for category, pattern in SCOPE_CATEGORIES:
+    if re.search(pattern, instruction.op_names[0]):
+      return category
+  return "model (forward and backward)"
 
 
 def format_hlo_counts(prepared: list[tuple[Any, dict[str, Instruction]]]) -> str:

@@ -38,14 +38,13 @@ def _ranks(queries: np.ndarray, keys: np.ndarray, query_ids: np.ndarray, key_ids
   return np.concatenate(ranks)
 
 
-def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray,
-                      text_image_ids: np.ndarray | None = None, *,
-                      ks: Sequence[int] = (1, 5, 10), block: int = 1024) -> dict[str, float]:
-  """Recall@K (percent) and median rank (1-based) for image->text and text->image.
+def retrieval_ranks(image_emb: np.ndarray, text_emb: np.ndarray,
+                    text_image_ids: np.ndarray | None = None, *,
+                    block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """0-based rank of the best correct answer per query: ``(i2t [images], t2i [captions])``.
 
   ``text_image_ids[t]`` is the index of the image that caption ``t`` describes; by default
-  caption ``i`` belongs to image ``i``. An image query counts as found when any of its
-  captions is in the top K.
+  caption ``i`` belongs to image ``i``. An image's rank is that of its best-ranked caption.
   """
   n_images = image_emb.shape[0]
   if text_image_ids is None:
@@ -58,6 +57,19 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray,
   block = min(block, max(n_images, text_emb.shape[0]))
   i2t = _ranks(image_emb, text_emb, image_ids, text_image_ids, block)
   t2i = _ranks(text_emb, image_emb, text_image_ids, image_ids, block)
+  return i2t, t2i
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray,
+                      text_image_ids: np.ndarray | None = None, *,
+                      ks: Sequence[int] = (1, 5, 10), block: int = 1024) -> dict[str, float]:
+  """Recall@K (percent) and median rank (1-based) for image->text and text->image.
+
+  ``text_image_ids[t]`` is the index of the image that caption ``t`` describes; by default
+  caption ``i`` belongs to image ``i``. An image query counts as found when any of its
+  captions is in the top K.
+  """
+  i2t, t2i = retrieval_ranks(image_emb, text_emb, text_image_ids, block=block)
   metrics = {}
   for name, ranks in (("i2t", i2t), ("t2i", t2i)):
     for k in ks:
